@@ -1,0 +1,87 @@
+// gort: the context-switch primitives (hand-written asm in arch/*.S).
+//
+// This layer knows registers and stacks, nothing about Gs, Ps or schedulers. A context is the
+// stack pointer of a suspended execution; switching saves the callee-saved state on the current
+// stack, adopts the target's stack and returns into it. Everything else that must travel with a
+// coroutine (exception globals, sanitizer fiber state) is the runtime's job: runtime/fiber.hpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "frame.h"
+
+namespace gort::arch {
+
+using ctx = void*;  // a suspended context: its saved frame (see frame.h)
+
+// What a switch delivers to the context that resumes: the context that was left (so it can be
+// resumed later) and one word of data from whoever switched.
+struct transfer {
+  ctx from;
+  void* data;
+};
+
+using entry_fn = void (*)(transfer);
+using ontop_fn = transfer (*)(transfer);
+
+extern "C" {
+// Saves the current context and resumes `to`, handing it `data`. Returns when some context
+// jumps back here; the result names that context and the data it passed.
+transfer gort_jump(ctx to, void* data);
+
+// Like gort_jump, but on arrival runs fn({from, data}) on `to`'s stack before `to` resumes;
+// fn's result is what `to` sees as the result of its own switch. Lets the caller publish
+// "I am off my stack" (park) only once it is true.
+transfer gort_ontop(ctx to, void* data, ontop_fn fn);
+
+// Prepares a fresh context on the stack whose highest address is `stack_top`; the first switch
+// into it calls fn({from, data}) with a frame that stops unwinders (no caller above it). fn must
+// never return: it ends by switching away for good. The FP control state (MXCSR, x87 CW) of
+// the calling thread is inherited, as a new thread inherits its creator's.
+ctx gort_make(void* stack_top, entry_fn fn);
+
+// Opt-in variant for coroutines that share their thread's FP control state: identical frame,
+// but MXCSR and the x87 control word are neither saved nor restored. Only for contexts that
+// never change rounding modes or FP exception masks (docs/design.md "FP control state").
+transfer gort_jump_shared_fp(ctx to, void* data);
+}
+
+// A C++ mirror of the saved frame, checked against frame.h so neither side drifts.
+#if defined(__x86_64__)
+struct frame {
+  std::uint32_t mxcsr;
+  std::uint16_t fpcw;
+  std::uint16_t unused;
+  std::uint64_t r12, r13, r14, r15, rbx, rbp;
+  void* pc;
+};
+static_assert(offsetof(frame, mxcsr) == GORT_FRAME_FPCSR);
+static_assert(offsetof(frame, fpcw) == GORT_FRAME_FPCW);
+static_assert(offsetof(frame, r12) == GORT_FRAME_R12);
+static_assert(offsetof(frame, r15) == GORT_FRAME_R15);
+static_assert(offsetof(frame, rbx) == GORT_FRAME_RBX);
+static_assert(offsetof(frame, rbp) == GORT_FRAME_RBP);
+static_assert(offsetof(frame, pc) == GORT_FRAME_PC);
+static_assert(sizeof(frame) == GORT_FRAME_SIZE);
+#elif defined(__aarch64__)
+struct frame {
+  std::uint64_t d[8];    // d8..d15
+  std::uint64_t x[10];   // x19..x28
+  std::uint64_t fp, lr;  // x29, x30
+  void* pc;
+  std::uint64_t pad;
+};
+static_assert(offsetof(frame, d) == GORT_FRAME_D8);
+static_assert(offsetof(frame, x) == GORT_FRAME_X19);
+static_assert(offsetof(frame, fp) == GORT_FRAME_FP);
+static_assert(offsetof(frame, lr) == GORT_FRAME_LR);
+static_assert(offsetof(frame, pc) == GORT_FRAME_PC);
+static_assert(sizeof(frame) == GORT_FRAME_SIZE);
+#endif
+static_assert(GORT_FRAME_SIZE % 16 == 0, "frames keep the stack 16-byte aligned");
+
+// The saved frame of a suspended context (for tests, debuggers and the overflow reporter).
+inline frame* frame_of(ctx c) { return static_cast<frame*>(c); }
+
+}  // namespace gort::arch

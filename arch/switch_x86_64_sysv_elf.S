@@ -1,0 +1,182 @@
+/* gort context switch: x86-64, System V ABI, ELF, GNU as.
+ *
+ * Saved frame of a suspended context (the context handle points at offset 0x00):
+ *
+ *   offset | 0x00         0x04      0x06   | 0x08 | 0x10 | 0x18 | 0x20 | 0x28 | 0x30 | 0x38
+ *   -------+------------------------------+------+------+------+------+------+------+-----
+ *   holds  | MXCSR        x87 CW    unused | r12  | r13  | r14  | r15  | rbx  | rbp  | pc
+ *
+ * `pc` is the return address that `call gort_jump` pushed, so a suspended context is exactly
+ * "inside a call to gort_jump"; the offsets are defined once in frame.h.
+ *
+ * Returning: gort_jump and gort_ontop return the struct transfer {from, data} in rax:rdx, as
+ * the SysV ABI returns a two-word struct. A fresh context instead starts in gort_entry, which
+ * moves rax:rdx to rdi:rsi and calls the entry function with the same struct as its argument.
+ *
+ * Cost decisions (measured, see docs/design.md and bench/switch):
+ *  - The stub ends in an indirect `jmp` to the saved pc, not `ret`: every switch returns to a
+ *    different call site than the one the return-stack predictor expects, and a mispredicted
+ *    `ret` costs ~5 ns on this class of CPU.
+ *  - Reading MXCSR/x87 CW (stmxcsr, fnstcw) is mandatory for the per-context contract, but
+ *    writing them back (ldmxcsr, fldcw) is skipped when the target's saved values equal the
+ *    ones just read: contexts almost never change FP control state, and the loads are slower
+ *    than one compare. The 2 unused bytes are masked off by the shift.
+ */
+#include "frame.h"
+
+#if defined(__CET__) && (__CET__ & 1)
+#define ENTRY_BRANCH endbr64
+#else
+#define ENTRY_BRANCH
+#endif
+
+/* Save callee-saved state below the return address; leaves the old context handle in rax. */
+.macro SAVE_FRAME fpstate
+    leaq    -GORT_FRAME_PC(%rsp), %rsp
+.if \fpstate
+    stmxcsr GORT_FRAME_FPCSR(%rsp)
+    fnstcw  GORT_FRAME_FPCW(%rsp)
+.endif
+    movq    %r12, GORT_FRAME_R12(%rsp)
+    movq    %r13, GORT_FRAME_R13(%rsp)
+    movq    %r14, GORT_FRAME_R14(%rsp)
+    movq    %r15, GORT_FRAME_R15(%rsp)
+    movq    %rbx, GORT_FRAME_RBX(%rsp)
+    movq    %rbp, GORT_FRAME_RBP(%rsp)
+    movq    %rsp, %rax
+.endm
+
+/* Adopt the frame at rdi (rsp := rdi) and restore callee-saved registers, but not pc. */
+.macro LOAD_FRAME fpstate
+    movq    %rdi, %rsp
+.if \fpstate
+    movq    GORT_FRAME_FPCSR(%rsp), %r9
+    xorq    GORT_FRAME_FPCSR(%rax), %r9
+    shlq    $16, %r9                      /* drop the 2 unused bytes */
+    jnz     .Lreload_fp\@
+.Lfp_done\@:
+.endif
+    movq    GORT_FRAME_R12(%rsp), %r12
+    movq    GORT_FRAME_R13(%rsp), %r13
+    movq    GORT_FRAME_R14(%rsp), %r14
+    movq    GORT_FRAME_R15(%rsp), %r15
+    movq    GORT_FRAME_RBX(%rsp), %rbx
+    movq    GORT_FRAME_RBP(%rsp), %rbp
+.if \fpstate
+    .pushsection .text.gort_cold, "ax", @progbits
+.Lreload_fp\@:
+    ldmxcsr GORT_FRAME_FPCSR(%rsp)
+    fldcw   GORT_FRAME_FPCW(%rsp)
+    jmp     .Lfp_done\@
+    .popsection
+.endif
+.endm
+
+.macro JUMP name, fpstate
+    .text
+    .globl  \name
+    .hidden \name
+    .type   \name, @function
+    .p2align 4
+\name:
+    .cfi_startproc
+    ENTRY_BRANCH
+    SAVE_FRAME \fpstate
+    LOAD_FRAME \fpstate
+    movq    GORT_FRAME_PC(%rsp), %r8
+    leaq    GORT_FRAME_SIZE(%rsp), %rsp
+    movq    %rsi, %rdx                    /* transfer = {rax: from, rdx: data} */
+    jmp     *%r8
+    .cfi_endproc
+    .size   \name, .-\name
+.endm
+
+/* transfer gort_jump(ctx to [rdi], void* data [rsi]) */
+JUMP gort_jump, 1
+/* transfer gort_jump_shared_fp(ctx to [rdi], void* data [rsi]) */
+JUMP gort_jump_shared_fp, 0
+
+/* transfer gort_ontop(ctx to [rdi], void* data [rsi], ontop_fn fn [rdx])
+ * Resumes `to` as if its pending gort_jump had called fn({from, data}): the target's pc stays
+ * on the stack as fn's return address, so fn's result lands in rax:rdx at the resume point. */
+    .text
+    .globl  gort_ontop
+    .hidden gort_ontop
+    .type   gort_ontop, @function
+    .p2align 4
+gort_ontop:
+    .cfi_startproc
+    ENTRY_BRANCH
+    movq    %rdx, %r8
+    SAVE_FRAME 1
+    LOAD_FRAME 1
+    leaq    GORT_FRAME_PC(%rsp), %rsp     /* pc becomes fn's return address */
+    movq    %rax, %rdi                    /* fn(transfer{from, data}) */
+    jmp     *%r8
+    .cfi_endproc
+    .size   gort_ontop, .-gort_ontop
+
+/* ctx gort_make(void* stack_top [rdi], entry_fn fn [rsi])
+ * Builds a frame whose pc is gort_entry, with fn in rbx and a zero rbp (frame-pointer walkers
+ * stop there). The frame sits so that gort_entry runs with rsp 16-byte aligned before its call. */
+    .text
+    .globl  gort_make
+    .hidden gort_make
+    .type   gort_make, @function
+    .p2align 4
+gort_make:
+    .cfi_startproc
+    ENTRY_BRANCH
+    movq    %rdi, %rax
+    andq    $-16, %rax
+    subq    $(GORT_FRAME_SIZE + 16), %rax
+    stmxcsr GORT_FRAME_FPCSR(%rax)
+    fnstcw  GORT_FRAME_FPCW(%rax)
+    movw    $0, GORT_FRAME_FPCW+2(%rax)
+    xorl    %ecx, %ecx
+    movq    %rcx, GORT_FRAME_R12(%rax)
+    movq    %rcx, GORT_FRAME_R13(%rax)
+    movq    %rcx, GORT_FRAME_R14(%rax)
+    movq    %rcx, GORT_FRAME_R15(%rax)
+    movq    %rsi, GORT_FRAME_RBX(%rax)
+    movq    %rcx, GORT_FRAME_RBP(%rax)
+    leaq    gort_entry(%rip), %rcx
+    movq    %rcx, GORT_FRAME_PC(%rax)
+    movq    $0, GORT_FRAME_SIZE(%rax)     /* a null "return address" above the entry frame */
+    ret
+    .cfi_endproc
+    .size   gort_make, .-gort_make
+
+/* First code a fresh context runs. rip is undefined in its CFI, so DWARF unwinders (gdb, perf,
+ * C++ exception unwinding) treat it as the outermost frame instead of walking off the stack. */
+    .text
+    .type   gort_entry, @function
+    .p2align 4
+gort_entry:
+    .cfi_startproc
+    .cfi_undefined rip
+    ENTRY_BRANCH
+    movq    %rax, %rdi
+    movq    %rdx, %rsi
+    callq   *%rbx
+    /* The entry function returned, which the contract forbids: there is no caller to go to. */
+    callq   abort@PLT
+    ud2
+    .cfi_endproc
+    .size   gort_entry, .-gort_entry
+
+    .section .note.GNU-stack, "", @progbits
+
+#if defined(__CET__) && (__CET__ & 1)
+/* IBT only: the stubs switch stacks under the shadow stack's feet, so SHSTK is not claimed. */
+    .section .note.gnu.property, "a"
+    .p2align 3
+    .long   4
+    .long   16
+    .long   5                   /* NT_GNU_PROPERTY_TYPE_0 */
+    .asciz  "GNU"
+    .long   0xc0000002          /* GNU_PROPERTY_X86_FEATURE_1_AND */
+    .long   4
+    .long   1                   /* IBT */
+    .p2align 3
+#endif
