@@ -1,0 +1,47 @@
+// Small helpers shared by the tests.
+#pragma once
+
+#include <sys/mman.h>
+
+#include <cstddef>
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define TEST_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define TEST_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+// A plain mmap'd stack for tests of the arch layer that must not depend on the stack pool.
+struct test_stack {
+  static constexpr std::size_t size = 64 * 1024;
+  char* lo = nullptr;
+  test_stack() {
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    lo = static_cast<char*>(p);
+    // Raw arch-level switches are invisible to ASan: shadow left by an earlier stack at this
+    // address would read as poisoned frames.
+    TEST_UNPOISON(lo, size);
+  }
+  test_stack(test_stack&& o) noexcept : lo(o.lo) { o.lo = nullptr; }
+  test_stack(const test_stack&) = delete;
+  ~test_stack() {
+    if (lo) munmap(lo, size);
+  }
+  void* top() const { return lo + size; }
+  bool contains(const void* p) const {
+    auto* c = static_cast<const char*>(p);
+    return c >= lo && c < lo + size;
+  }
+};
+
+// Divisor for iteration counts in slow environments (qemu): GORT_TEST_SCALE=10 runs a tenth.
+inline long test_scale() {
+  const char* s = std::getenv("GORT_TEST_SCALE");
+  long v = s ? std::atol(s) : 1;
+  return v > 0 ? v : 1;
+}
