@@ -1,0 +1,362 @@
+// gort: Go's G/M/P scheduler for C++. Start here: docs/api.md, README.md.
+//
+//   gort::run([] {                      // boots the runtime, runs the lambda as the main G
+//     gort::wait_group wg;
+//     for (int i = 0; i < 1000; ++i) {
+//       wg.add(1);
+//       gort::go([&wg, i] { work(i); wg.done(); });
+//     }
+//     wg.wait();                        // parks this G, not the thread
+//   });
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <new>
+#include <optional>
+#include <ostream>
+#include <stdexcept>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "gort/config.hpp"
+
+#if defined(GORT_BUILDING_LIBRARY)
+#define GORT_API __attribute__((visibility("default")))
+#else
+#define GORT_API
+#endif
+
+namespace gort {
+
+namespace detail {
+
+struct gdesc;  // a G; the runtime's business
+
+// The typed part of a G lives at the top of its stack (no allocation): the header below puts
+// the callable there, the runtime calls `body` on it once, and `destroy` when the last holder
+// (the G itself, a task or a thread handle) lets go.
+using body_fn = void (*)(void* frame);
+using destroy_fn = void (*)(void* frame) noexcept;
+
+// Reserves a G with `size` bytes of frame storage (alignment <= 64) and returns the storage.
+// Throws std::logic_error when no runtime is running, std::bad_alloc when out of memory.
+GORT_API gdesc* g_new(std::size_t size, std::size_t align, void** frame);
+// Makes a reserved G runnable. A joinable G keeps its frame after finishing until g_release.
+GORT_API void g_start(gdesc* g, body_fn body, destroy_fn destroy, bool joinable) noexcept;
+// Gives back a reserved G whose frame could not be constructed.
+GORT_API void g_discard(gdesc* g) noexcept;
+// Blocks (parks the calling G, or blocks the calling OS thread) until g has finished.
+GORT_API void g_join(gdesc* g);
+// Drops a handle's hold on a joinable G.
+GORT_API void g_release(gdesc* g) noexcept;
+GORT_API std::uint64_t g_id(const gdesc* g) noexcept;
+GORT_API std::uint64_t current_g_id() noexcept;  // 0 outside a G
+
+// Boots a runtime, runs body(frame) as the main G, waits for it, shuts the runtime down.
+GORT_API void run_main(const config& cfg, body_fn body, void* frame);
+
+GORT_API void yield_now() noexcept;
+GORT_API void sleep_until_steady(std::int64_t steady_ns);
+GORT_API unsigned procs();
+
+template <class R>
+struct outcome {
+  using stored = std::conditional_t<std::is_reference_v<R>,
+                                    std::reference_wrapper<std::remove_reference_t<R>>, R>;
+  std::optional<stored> value;
+  std::exception_ptr error;
+  template <class F>
+  void capture(F&& f) noexcept {
+    try {
+      value.emplace(std::forward<F>(f)());
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  R take() {
+    if (error) std::rethrow_exception(error);
+    if constexpr (std::is_reference_v<R>) return value->get();
+    else return std::move(*value);
+  }
+};
+template <>
+struct outcome<void> {
+  std::exception_ptr error;
+  template <class F>
+  void capture(F&& f) noexcept {
+    try {
+      std::forward<F>(f)();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  void take() {
+    if (error) std::rethrow_exception(error);
+  }
+};
+
+template <class F, class... A>
+using result_of = std::invoke_result_t<std::decay_t<F>, std::decay_t<A>...>;
+
+// The callable and its arguments, destroyed right after the call (as std::thread does).
+template <class F, class... A>
+struct call {
+  std::decay_t<F> fn;
+  std::tuple<std::decay_t<A>...> args;
+  decltype(auto) operator()() { return std::apply(std::move(fn), std::move(args)); }
+};
+
+template <class F, class... A>
+struct detached_frame {
+  std::optional<call<F, A...>> c;
+  static void body(void* p) {
+    auto* fr = static_cast<detached_frame*>(p);
+    (*fr->c)();  // an exception escaping here ends the process (runtime diagnostic)
+    fr->c.reset();
+  }
+  static void destroy(void* p) noexcept { static_cast<detached_frame*>(p)->~detached_frame(); }
+};
+
+template <class F, class... A>
+struct task_frame {
+  using R = result_of<F, A...>;
+  std::optional<call<F, A...>> c;
+  outcome<R> out;
+  static void body(void* p) {
+    auto* fr = static_cast<task_frame*>(p);
+    fr->out.capture(*fr->c);
+    fr->c.reset();
+  }
+  static void destroy(void* p) noexcept { static_cast<task_frame*>(p)->~task_frame(); }
+};
+
+// Reserves a G, constructs Frame in its storage, starts it.
+template <class Frame, class F, class... A>
+gdesc* launch(bool joinable, Frame** out, F&& f, A&&... args) {
+  void* mem = nullptr;
+  gdesc* g = g_new(sizeof(Frame), alignof(Frame), &mem);
+  Frame* fr;
+  try {
+    fr = ::new (mem) Frame{};
+    fr->c.emplace(call<F, A...>{std::forward<F>(f), {std::forward<A>(args)...}});
+  } catch (...) {
+    g_discard(g);
+    throw;
+  }
+  if (out) *out = fr;
+  g_start(g, &Frame::body, &Frame::destroy, joinable);
+  return g;
+}
+
+struct main_frame_base {
+  void (*invoke)(main_frame_base*);
+};
+
+}  // namespace detail
+
+// Boots a runtime with `cfg`, runs main_fn as a G and returns its result (or rethrows its
+// exception) once it returns. Gs still alive at that point are abandoned: never resumed again,
+// their stacks unmapped without unwinding, as a Go program's goroutines end with main. Throws
+// std::logic_error if a runtime is already running in this process, std::invalid_argument for
+// a bad configuration. Calling run again afterwards starts a fresh runtime.
+template <class F>
+auto run(const config& cfg, F&& main_fn) {
+  using R = std::invoke_result_t<F>;
+  struct frame : detail::main_frame_base {
+    F* fn;
+    detail::outcome<R> out;
+  } fr;
+  fr.fn = &main_fn;
+  fr.invoke = [](detail::main_frame_base* b) {
+    auto* self = static_cast<frame*>(b);
+    self->out.capture([self]() -> R { return std::forward<F>(*self->fn)(); });
+  };
+  detail::run_main(cfg, [](void* p) {
+    auto* b = static_cast<detail::main_frame_base*>(p);
+    b->invoke(b);
+  }, static_cast<detail::main_frame_base*>(&fr));
+  return fr.out.take();
+}
+template <class F>
+auto run(F&& main_fn) {
+  return run(config{}, std::forward<F>(main_fn));
+}
+
+// Starts a detached G running f(args...). Arguments are decay-copied, as by std::thread. An
+// exception escaping f prints "gort: G <id> terminated by exception: <what>" and calls
+// std::terminate. Works from Gs and from plain OS threads while a runtime runs; otherwise
+// throws std::logic_error.
+template <class F, class... A>
+void go(F&& f, A&&... args) {
+  detail::gdesc* g = detail::launch<detail::detached_frame<F, A...>>(
+      false, nullptr, std::forward<F>(f), std::forward<A>(args)...);
+  (void)g;
+}
+
+// The handle of a G started by spawn: join() waits for it and returns its result or rethrows
+// its exception. Destroying an unjoined task detaches the G (its result is discarded).
+template <class R>
+class task {
+ public:
+  task() = default;
+  task(task&& o) noexcept : g_(std::exchange(o.g_, nullptr)), out_(o.out_) {}
+  task& operator=(task&& o) noexcept {
+    if (this != &o) {
+      reset();
+      g_ = std::exchange(o.g_, nullptr);
+      out_ = o.out_;
+    }
+    return *this;
+  }
+  ~task() { reset(); }
+
+  // Waits for the G; returns its result or rethrows its exception. Once only: a second join
+  // (or join on an empty task) throws std::logic_error.
+  R join() {
+    if (!g_) throw std::logic_error("gort::task::join: task has no G (empty, moved-from, or already joined)");
+    detail::g_join(g_);
+    struct release {
+      detail::gdesc*& g;
+      ~release() { detail::g_release(std::exchange(g, nullptr)); }
+    } r{g_};
+    return out_->take();
+  }
+  bool valid() const noexcept { return g_ != nullptr; }
+  std::uint64_t id() const noexcept { return g_ ? detail::g_id(g_) : 0; }
+
+ private:
+  template <class F, class... A>
+  friend auto spawn(F&& f, A&&... args);
+  task(detail::gdesc* g, detail::outcome<R>* out) : g_(g), out_(out) {}
+  void reset() noexcept {
+    if (g_) detail::g_release(std::exchange(g_, nullptr));
+  }
+  detail::gdesc* g_ = nullptr;
+  detail::outcome<R>* out_ = nullptr;
+};
+
+// Starts a G running f(args...) and returns a task<R> to join it. Same rules as go().
+template <class F, class... A>
+auto spawn(F&& f, A&&... args) {
+  using frame = detail::task_frame<F, A...>;
+  frame* fr = nullptr;
+  detail::gdesc* g = detail::launch<frame>(true, &fr, std::forward<F>(f), std::forward<A>(args)...);
+  return task<typename frame::R>(g, &fr->out);
+}
+
+// A drop-in for std::thread whose body runs as a G. join() parks a calling G (or blocks a
+// calling OS thread); destroying a joinable thread calls std::terminate, as std::thread does.
+class thread {
+ public:
+  class id {
+   public:
+    id() noexcept = default;
+    explicit id(std::uint64_t v) noexcept : v_(v) {}
+    friend bool operator==(id a, id b) noexcept { return a.v_ == b.v_; }
+    friend auto operator<=>(id a, id b) noexcept { return a.v_ <=> b.v_; }
+    friend std::ostream& operator<<(std::ostream& os, id i) { return os << i.v_; }
+    std::uint64_t value() const noexcept { return v_; }
+
+   private:
+    std::uint64_t v_ = 0;  // the G id; 0 = "not a thread"
+  };
+
+  thread() noexcept = default;
+  template <class F, class... A,
+            class = std::enable_if_t<!std::is_same_v<std::remove_cvref_t<F>, thread>>>
+  explicit thread(F&& f, A&&... args)
+      : g_(detail::launch<detail::detached_frame<F, A...>>(true, nullptr, std::forward<F>(f),
+                                                           std::forward<A>(args)...)) {}
+  thread(thread&& o) noexcept : g_(std::exchange(o.g_, nullptr)) {}
+  thread& operator=(thread&& o) noexcept {
+    if (joinable()) std::terminate();
+    g_ = std::exchange(o.g_, nullptr);
+    return *this;
+  }
+  thread(const thread&) = delete;
+  thread& operator=(const thread&) = delete;
+  ~thread() {
+    if (joinable()) std::terminate();
+  }
+
+  bool joinable() const noexcept { return g_ != nullptr; }
+  id get_id() const noexcept { return g_ ? id(detail::g_id(g_)) : id(); }
+  // std::system_error(invalid_argument) if not joinable, (resource_deadlock_would_occur) if
+  // the calling G is this thread.
+  void join();
+  void detach();
+  void swap(thread& o) noexcept { std::swap(g_, o.g_); }
+  static unsigned hardware_concurrency() noexcept { return std::thread::hardware_concurrency(); }
+
+ private:
+  GORT_API void check_joinable(const char* what) const;
+  detail::gdesc* g_ = nullptr;
+};
+
+inline void thread::join() {
+  check_joinable("gort::thread::join");
+  detail::g_join(g_);
+  detail::g_release(std::exchange(g_, nullptr));
+}
+inline void thread::detach() {
+  check_joinable("gort::thread::detach");
+  detail::g_release(std::exchange(g_, nullptr));
+}
+inline void swap(thread& a, thread& b) noexcept { a.swap(b); }
+
+// Lets other Gs run; the caller goes to the back of its processor's run queue. On a plain OS
+// thread: std::this_thread::yield().
+inline void yield() noexcept { detail::yield_now(); }
+
+// Parks the calling G (or sleeps the calling OS thread) for at least d. Never wakes early.
+template <class Rep, class Period>
+void sleep_for(const std::chrono::duration<Rep, Period>& d) {
+  if (d <= d.zero()) return;
+  auto now = std::chrono::steady_clock::now();
+  auto dl = now + std::chrono::ceil<std::chrono::steady_clock::duration>(d);
+  detail::sleep_until_steady(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(dl.time_since_epoch()).count());
+}
+
+template <class Clock, class Dur>
+void sleep_until(const std::chrono::time_point<Clock, Dur>& t) {
+  if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>) {
+    detail::sleep_until_steady(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::ceil<std::chrono::nanoseconds>(t.time_since_epoch())).count());
+  } else {
+    // Other clocks may jump: sleep in steady steps until that clock says we are there.
+    for (auto now = Clock::now(); now < t; now = Clock::now()) sleep_for(t - now);
+  }
+}
+
+// Go's sync.WaitGroup: add(n) before starting work, done() when a piece ends, wait() parks
+// until the count is zero. A count that would go negative throws std::logic_error.
+class wait_group {
+ public:
+  wait_group() noexcept = default;
+  wait_group(const wait_group&) = delete;
+  wait_group& operator=(const wait_group&) = delete;
+  ~wait_group() = default;
+
+  GORT_API void add(int delta);
+  void done() { add(-1); }
+  GORT_API void wait();
+
+ private:
+  std::atomic<std::int64_t> count_{0};
+  std::atomic<std::uint32_t> lock_{0};
+  void* waiters_ = nullptr;  // guarded by lock_
+};
+
+// Number of processors (Ps) of the running runtime. Throws std::logic_error if none runs.
+inline unsigned procs() { return detail::procs(); }
+
+}  // namespace gort

@@ -1,0 +1,1049 @@
+// gort: the scheduler. The protocols are described in docs/design.md ("Scheduler"); the
+// comments here name the invariants each step relies on.
+#include <mimalloc.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+#include "overflow.hpp"
+#include "pin.hpp"
+#include "sched.hpp"
+
+namespace gort::rt {
+
+sched_t sched;
+
+namespace {
+
+thread_local m* tls_m = nullptr;
+
+// Ring-overflow batch: half the ring plus the G being put.
+constexpr std::uint32_t spill_batch = runq::size / 2 + 1;
+// A P keeps at most this many dead Gs; past it, half go to the global free list.
+constexpr std::uint32_t gfree_max = 64;
+// Consecutive schedules between two looks at the global queue. Prime, like Go's: a loop of
+// two Gs spawning each other cannot fall into step with it.
+constexpr std::uint32_t global_check_period = 61;
+// Steal rounds over all Ps before giving up (the last one also takes runnext and timers).
+constexpr int steal_tries = 4;
+// How long a spinning M keeps looking before it parks (see findrunnable).
+constexpr std::int64_t spin_before_park_ns = 20'000;
+// G ids handed to a P at a time.
+constexpr std::uint64_t goid_batch = 16;
+
+std::uint64_t fastrand(m* mp) noexcept {
+  // xorshift64*: per-M state, no sharing.
+  std::uint64_t x = mp->rand;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  mp->rand = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+// For stealing: visit every P once per pass, starting at a random P and stepping by a random
+// stride coprime with nprocs (so the walk is a permutation).
+std::vector<std::uint32_t> coprimes;
+
+static_assert(offsetof(g, fib) == 0, "g_of relies on the fiber being first");
+
+// ---------------------------------------------------------------------------------------------
+// Run queues
+
+void globrunqput_batch(g* head, g* tail, std::uint32_t n) {
+  // sched.lock held
+  tail->schedlink = nullptr;
+  if (sched.gtail) sched.gtail->schedlink = head;
+  else sched.ghead = head;
+  sched.gtail = tail;
+  sched.nglobal.fetch_add(n, std::memory_order_release);
+}
+
+void globrunqput(g* gp) {
+  std::lock_guard<spinlock> l(sched.lock);
+  globrunqput_batch(gp, gp, 1);
+}
+
+// sched.lock held. Takes a fair share of the global queue: the first is returned, the rest go
+// to pp's ring, which callers guarantee has room (it is empty, or max == 1).
+g* globrunqget(p* pp, std::uint32_t max) {
+  std::uint32_t n = sched.nglobal.load(std::memory_order_relaxed);
+  if (n == 0) return nullptr;
+  std::uint32_t take = std::min(n, n / sched.nprocs + 1);
+  if (max && take > max) take = max;
+  take = std::min(take, runq::size / 2);
+  g* first = sched.ghead;
+  g* cur = first;
+  for (std::uint32_t i = 0; i < take; ++i) {
+    g* nx = cur->schedlink;
+    if (i > 0) pp->q.put(cur);
+    sched.ghead = nx;
+    cur = nx;
+  }
+  if (!sched.ghead) sched.gtail = nullptr;
+  sched.nglobal.fetch_sub(take, std::memory_order_relaxed);
+  first->schedlink = nullptr;
+  return first;
+}
+
+void runqput_slow(p* pp, g* gp) {
+  g* batch[spill_batch];
+  for (;;) {
+    std::uint32_t h = pp->q.head(), t = pp->q.tail();
+    if (t - h < runq::size) {  // a thief made room meanwhile
+      if (pp->q.put(gp)) return;
+      continue;
+    }
+    std::uint32_t n = pp->q.grab_half_for_spill(batch, h, t);
+    if (n == 0) continue;
+    batch[n++] = gp;
+    for (std::uint32_t i = 0; i + 1 < n; ++i) batch[i]->schedlink = batch[i + 1];
+    std::lock_guard<spinlock> l(sched.lock);
+    globrunqput_batch(batch[0], batch[n - 1], n);
+    return;
+  }
+}
+
+// Owner P only.
+void runqput(p* pp, g* gp, bool next) {
+  if (next) {
+    gp = pp->q.put_next(gp);
+    if (!gp) return;
+  }
+  if (!pp->q.put(gp)) runqput_slow(pp, gp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle Ps and Ms (sched.lock held)
+
+void pidleput(p* pp) {
+  pp->link = sched.pidle;
+  sched.pidle = pp;
+  sched.npidle.fetch_add(1, std::memory_order_seq_cst);
+}
+
+p* pidleget() {
+  p* pp = sched.pidle;
+  if (pp) {
+    sched.pidle = pp->link;
+    pp->link = nullptr;
+    sched.npidle.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  return pp;
+}
+
+void mput(m* mp) {
+  mp->link = sched.midle;
+  sched.midle = mp;
+  sched.nmidle++;
+}
+
+m* mget() {
+  m* mp = sched.midle;
+  if (mp) {
+    sched.midle = mp->link;
+    mp->link = nullptr;
+    sched.nmidle--;
+  }
+  return mp;
+}
+
+bool mremove(m* mp) {
+  for (m** pp = &sched.midle; *pp; pp = &(*pp)->link) {
+    if (*pp == mp) {
+      *pp = mp->link;
+      mp->link = nullptr;
+      sched.nmidle--;
+      return true;
+    }
+  }
+  return false;
+}
+
+void acquirep(m* mp, p* pp) {
+  mp->curp = pp;
+  pp->curm = mp;
+  if (!pp->home) {
+    // First M to hold this P becomes its home: the heap is created (and so owned) here.
+    pp->home = mp;
+    pp->heap = reinterpret_cast<mi_heap_s*>(mi_heap_new());
+  }
+  if (pp->cpu >= 0 && mp->bound_cpu != pp->cpu) {
+    bind_thread(pp->cpu);
+    mp->bound_cpu = pp->cpu;
+  }
+}
+
+p* releasep(m* mp) {
+  p* pp = mp->curp;
+  pp->curm = nullptr;
+  mp->curp = nullptr;
+  return pp;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ms
+
+void mstart(m* mp);
+void startm(p* pp, bool spinning);
+
+m* newm(p* pp, bool spinning) {
+  auto* mp = new m;
+  mp->spinning = spinning;
+  mp->rand = 0x9E3779B97F4A7C15ull * (std::uint64_t{mp->id} + 1) ^ reinterpret_cast<std::uintptr_t>(mp);
+  mp->nextp_store(pp);
+  {
+    std::lock_guard<spinlock> l(sched.lock);
+    mp->id = static_cast<std::uint32_t>(sched.ms.size());
+    sched.ms.push_back(mp);
+  }
+  sched.nmrunning.fetch_add(1);
+  try {
+    mp->thr = std::thread(mstart, mp);
+  } catch (const std::system_error& e) {
+    // No thread: undo, give the P back. The work stays queued for the Ms that exist.
+    std::fprintf(stderr, "gort: warning: cannot start an M thread: %s\n", e.what());
+    sched.nmrunning.fetch_sub(1);
+    std::lock_guard<spinlock> l(sched.lock);
+    sched.ms.pop_back();
+    if (pp) pidleput(pp);
+    if (spinning) sched.nmspinning.fetch_sub(1);
+    delete mp;
+    return nullptr;
+  }
+  return mp;
+}
+
+// Hands pp (or any idle P) to an idle M, creating one if none is idle. With `spinning`, the
+// caller has already counted the new M in nmspinning.
+void startm(p* pp, bool spinning) {
+  m* nm;
+  {
+    std::lock_guard<spinlock> l(sched.lock);
+    if (!pp) {
+      pp = pidleget();
+      if (!pp) {
+        if (spinning) sched.nmspinning.fetch_sub(1, std::memory_order_seq_cst);
+        return;
+      }
+    }
+    nm = mget();
+    if (nm) {
+      nm->spinning = spinning;
+      nm->nextp_store(pp);
+    }
+  }
+  if (!nm) {
+    newm(pp, spinning);
+    return;
+  }
+  nm->park.wakeup();
+}
+
+// Parks the M until startm hands it a P. Returns false on shutdown.
+bool stopm(m* mp) {
+  {
+    std::lock_guard<spinlock> l(sched.lock);
+    mput(mp);
+  }
+  for (;;) {
+    mp->park.clear();
+    if (p* pp = mp->nextp_take()) {
+      acquirep(mp, pp);
+      return true;
+    }
+    if (sched.state.load(std::memory_order_acquire) != 1) return false;
+    mp->park.sleep();
+  }
+}
+
+enum class timed_stop { got_p, woke, shutdown };
+
+// Like stopm, but also wakes at `until` or when poked (a new earlier timer). On "woke" the M
+// holds no P and is off the idle list.
+timed_stop stopm_until(m* mp, std::int64_t until) {
+  {
+    std::lock_guard<spinlock> l(sched.lock);
+    mput(mp);
+  }
+  mp->park.clear();
+  for (;;) {
+    if (p* pp = mp->nextp_take()) {
+      acquirep(mp, pp);
+      return timed_stop::got_p;
+    }
+    if (sched.state.load(std::memory_order_acquire) != 1) return timed_stop::shutdown;
+    bool woken = mp->park.sleep_until(until);
+    (void)woken;
+    std::lock_guard<spinlock> l(sched.lock);
+    if (mp->nextp_peek()) continue;  // claimed by startm meanwhile: take the P above
+    mremove(mp);
+    return timed_stop::woke;
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Waking
+
+m* getm() noexcept {
+  // The asm makes this function opaque: no caller may cache its result across a switch, and
+  // the compiler cannot prove it pure and merge two calls. (docs/design.md "Thread-local state")
+  asm volatile("" ::: "memory");
+  return tls_m;
+}
+
+// Starts a spinning M if there is an idle P and nobody is spinning: the spinner will find the
+// work just published. No StoreLoad fence here, unlike a textbook Dekker: work published to the
+// caller's own P is run by that P even if no M is woken (so nothing is lost, at worst a core
+// idles briefly), and the fence would cost every spawn and wake-up. Work published without a P
+// (foreign threads) goes through publish_global, which does fence. See docs/design.md.
+void wakep() noexcept {
+  if (sched.npidle.load(std::memory_order_seq_cst) == 0) return;
+  if (sched.nmspinning.load(std::memory_order_seq_cst) != 0) return;
+  std::uint32_t zero = 0;
+  if (!sched.nmspinning.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
+  startm(nullptr, true);
+}
+
+namespace {
+
+// A spinning M that found work stops spinning; if it was the last spinner it wakes another,
+// so a burst of new work is picked up by more than one M.
+void resetspinning(m* mp) {
+  mp->spinning = false;
+  if (sched.nmspinning.fetch_sub(1, std::memory_order_seq_cst) == 1) wakep();
+}
+
+std::int64_t earliest_timer() {
+  std::int64_t best = 0;
+  for (p* pp : sched.ps) {
+    std::int64_t w = pp->tm.next();
+    if (w && (!best || w < best)) best = w;
+  }
+  return best;
+}
+
+// A timer earlier than anything the timer sleeper waits for was armed: wake it, or, if no M
+// sleeps on timers, get one going.
+void timer_poke(std::int64_t when) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  m* s = sched.timer_sleeper.load(std::memory_order_seq_cst);
+  if (s) {
+    std::int64_t until = sched.timer_sleep_until.load(std::memory_order_seq_cst);
+    if (until == 0 || when < until) s->park.wakeup();
+    return;
+  }
+  wakep();
+}
+
+void check_timers(p* pp, std::int64_t& now) {
+  std::int64_t next = pp->tm.next();
+  if (next == 0) return;
+  if (!now) now = nanotime();
+  if (next <= now) pp->tm.run(now);
+}
+
+g* steal_work(m* mp, p* pp) {
+  const std::uint32_t n = sched.nprocs;
+  std::int64_t now = 0;
+  for (int i = 0; i < steal_tries; ++i) {
+    bool last = i == steal_tries - 1;
+    std::uint32_t pos = static_cast<std::uint32_t>(fastrand(mp) % n);
+    std::uint32_t inc = coprimes[fastrand(mp) % coprimes.size()];
+    for (std::uint32_t k = 0; k < n; ++k, pos = (pos + inc) % n) {
+      if (sched.state.load(std::memory_order_relaxed) != 1) return nullptr;
+      p* p2 = sched.ps[pos];
+      if (p2 == pp) continue;
+      if (last) {
+        // Run the victim's due timers: it may be stuck in a long G, or idle.
+        check_timers(p2, now);
+        bool inherit;
+        if (g* gp = pp->q.get(inherit)) return gp;
+      }
+      if (std::uint32_t got = p2->q.grab(pp->q, last)) return pp->q.commit_steal(got);
+    }
+  }
+  return nullptr;
+}
+
+// Finds a G to run, blocking the M when there is none. Called on g0 with a P held; returns
+// with a P held, or null on shutdown (no P held then).
+g* findrunnable(m* mp) {
+top:
+  if (sched.state.load(std::memory_order_acquire) != 1) {
+    if (mp->curp) {
+      std::lock_guard<spinlock> l(sched.lock);
+      pidleput(releasep(mp));
+    }
+    return nullptr;
+  }
+  p* pp = mp->curp;
+  std::int64_t now = 0;
+  check_timers(pp, now);
+
+  bool inherit;
+  if (g* gp = pp->q.get(inherit)) return gp;
+
+  if (sched.nglobal.load(std::memory_order_acquire)) {
+    std::lock_guard<spinlock> l(sched.lock);
+    if (g* gp = globrunqget(pp, 0)) return gp;
+  }
+
+  // Spin (steal) only while spinners are fewer than half the busy Ps: more would burn CPU
+  // without finding more work.
+  std::uint32_t busy = sched.nprocs - sched.npidle.load(std::memory_order_seq_cst);
+  if (mp->spinning || 2 * sched.nmspinning.load(std::memory_order_seq_cst) < busy) {
+    if (!mp->spinning) {
+      mp->spinning = true;
+      sched.nmspinning.fetch_add(1, std::memory_order_seq_cst);
+    }
+    if (g* gp = steal_work(mp, pp)) return gp;
+    // Keep looking for a short while before parking: a producer that outpaces us by a hair
+    // would otherwise pay a futex wake-up (microseconds) for every batch it publishes, and we
+    // a sleep. Bounded, so an idle runtime still parks within spin_before_park_ns.
+    std::int64_t until = nanotime() + spin_before_park_ns;
+    do {
+      for (int i = 0; i < 64; ++i) cpu_relax();
+      if (g* gp = pp->q.get(inherit)) return gp;
+      if (sched.nglobal.load(std::memory_order_acquire)) {
+        std::lock_guard<spinlock> l(sched.lock);
+        if (g* gp = globrunqget(pp, 0)) return gp;
+      }
+      if (g* gp = steal_work(mp, pp)) return gp;
+    } while (nanotime() < until && sched.state.load(std::memory_order_relaxed) == 1);
+  }
+
+  // Nothing. Give the P back, then look once more: work published between our checks and the
+  // pidleput would otherwise be missed (its publisher saw no idle P and woke nobody).
+  {
+    std::lock_guard<spinlock> l(sched.lock);
+    if (sched.nglobal.load(std::memory_order_relaxed)) {
+      if (g* gp = globrunqget(pp, 0)) return gp;
+    }
+    pidleput(releasep(mp));
+  }
+  bool was_spinning = mp->spinning;
+  if (was_spinning) {
+    mp->spinning = false;
+    sched.nmspinning.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  bool work = sched.nglobal.load(std::memory_order_seq_cst) != 0;
+  for (p* p2 : sched.ps)
+    if (!work && !p2->q.empty()) work = true;
+  if (work) {
+    p* np;
+    {
+      std::lock_guard<spinlock> l(sched.lock);
+      np = pidleget();
+    }
+    if (np) {
+      acquirep(mp, np);
+      if (was_spinning) {
+        mp->spinning = true;
+        sched.nmspinning.fetch_add(1, std::memory_order_seq_cst);
+      }
+      goto top;
+    }
+  }
+
+  // Sleep. One M at a time sleeps with a timeout (until the earliest timer of any P); the
+  // others sleep until startm hands them a P.
+  for (;;) {
+    std::int64_t until = earliest_timer();
+    m* none = nullptr;
+    if (until && sched.timer_sleeper.compare_exchange_strong(none, mp, std::memory_order_seq_cst)) {
+      sched.timer_sleep_until.store(until, std::memory_order_seq_cst);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      std::int64_t again = earliest_timer();  // a timer armed before we published is seen here
+      if (again && again < until) {
+        until = again;
+        sched.timer_sleep_until.store(until, std::memory_order_seq_cst);
+      }
+      timed_stop r = until > nanotime() ? stopm_until(mp, until) : timed_stop::woke;
+      sched.timer_sleep_until.store(0, std::memory_order_seq_cst);
+      sched.timer_sleeper.store(nullptr, std::memory_order_seq_cst);
+      if (r == timed_stop::got_p) goto top;
+      if (r == timed_stop::shutdown) {
+        std::lock_guard<spinlock> l(sched.lock);
+        mremove(mp);
+        return nullptr;
+      }
+      // Deadline reached or poked: take an idle P and run timers, if there is a P to be had.
+      p* np;
+      {
+        std::lock_guard<spinlock> l(sched.lock);
+        np = pidleget();
+      }
+      if (np) {
+        acquirep(mp, np);
+        goto top;
+      }
+      // Every P is busy: their Ms run their timers at their next schedule. Sleep until a P
+      // frees up (its M then becomes the timer sleeper).
+    }
+    if (!stopm(mp)) return nullptr;
+    goto top;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Switching
+
+// Next G for this P without leaving the G's stack: the fast path of yield, park and exit.
+// Null means "go to g0" (nothing local, or the runtime is stopping).
+g* fast_next(p* pp) {
+  if (sched.state.load(std::memory_order_relaxed) != 1) return nullptr;
+  ++pp->schedtick;
+  std::int64_t now = 0;
+  check_timers(pp, now);
+  bool inherit;
+  if (pp->schedtick % global_check_period == 0) {
+    // Fairness: the global queue, then the ring's head before runnext, so neither spilled Gs
+    // nor the ring starve behind a pair of Gs readying each other through runnext.
+    if (sched.nglobal.load(std::memory_order_relaxed)) {
+      std::lock_guard<spinlock> l(sched.lock);
+      if (g* gp = globrunqget(pp, 1)) return gp;
+    }
+    if (g* gp = pp->q.get_ring()) return gp;
+  }
+  return pp->q.get(inherit);
+}
+
+void execute_on(m* mp, g* next) {
+  mp->curg = next;
+  next->curm = mp;
+  next->status.store(gstatus::running, std::memory_order_relaxed);
+}
+
+// Switches from the running G gp directly to next (no detour through g0).
+void switch_g(m* mp, g* gp, g* next, transition tr) {
+  gp->fib.after = tr.fn;
+  gp->fib.after_arg = tr.arg;
+  execute_on(mp, next);
+  gp->fib.switch_to(next->fib, mp->eh);
+}
+
+// Leaves the running G gp: switches to the next local G or to g0, then runs `tr` on the other
+// side. Returns when gp is resumed (never, if dying).
+void leave(g* gp, transition tr, bool dying) {
+  m* mp = gp->curm;
+  g* next = fast_next(mp->curp);
+  gp->fib.after = tr.fn;
+  gp->fib.after_arg = tr.arg;
+  fiber* to;
+  if (next) {
+    execute_on(mp, next);
+    to = &next->fib;
+  } else {
+    mp->curg = nullptr;
+    to = &mp->g0;
+  }
+  if (dying) gp->fib.exit_to(*to, mp->eh);
+  gp->fib.switch_to(*to, mp->eh);
+}
+
+void schedule(m* mp) {
+  for (;;) {
+    g* gp = findrunnable(mp);
+    if (!gp) return;
+    if (mp->spinning) resetspinning(mp);
+    execute_on(mp, gp);
+    mp->g0.switch_to(gp->fib, mp->eh);
+    // Back on g0: a G left with nothing local to switch to (its transition already ran).
+  }
+}
+
+void mexit(m* mp) {
+  // Heaps are owned by the thread that created them: this M deletes its Ps' heaps (their
+  // live blocks migrate to the default heap and stay valid).
+  for (p* pp : sched.ps) {
+    if (pp->home == mp && pp->heap) {
+      mi_heap_delete(reinterpret_cast<mi_heap_t*>(pp->heap));
+      pp->heap = nullptr;
+    }
+  }
+  mp->g0.destroy();
+  tls_m = nullptr;
+  sched.nmrunning.fetch_sub(1);
+}
+
+void mstart(m* mp) {
+  tls_m = mp;
+  mp->g0.init_thread();
+  mp->eh = thread_eh_globals();
+  ensure_altstack();
+  if (p* pp = mp->nextp_take()) acquirep(mp, pp);
+  if (mp->curp) schedule(mp);
+  mexit(mp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gs
+
+void gfput(p* pp, g* gp) {
+  gp->status.store(gstatus::idle, std::memory_order_relaxed);
+  if (!pp) {
+    std::lock_guard<spinlock> l(sched.gfree_lock);
+    gp->schedlink = sched.gfree;
+    sched.gfree = gp;
+    sched.ngfree++;
+    return;
+  }
+  gp->schedlink = pp->gfree;
+  pp->gfree = gp;
+  if (++pp->ngfree >= gfree_max) {
+    std::lock_guard<spinlock> l(sched.gfree_lock);
+    while (pp->ngfree > gfree_max / 2) {
+      g* x = pp->gfree;
+      pp->gfree = x->schedlink;
+      pp->ngfree--;
+      x->schedlink = sched.gfree;
+      sched.gfree = x;
+      sched.ngfree++;
+    }
+  }
+}
+
+g* gfget(p* pp) {
+  if (pp && !pp->gfree && sched.ngfree) {
+    std::lock_guard<spinlock> l(sched.gfree_lock);
+    while (pp->ngfree < gfree_max / 2 && sched.gfree) {
+      g* x = sched.gfree;
+      sched.gfree = x->schedlink;
+      sched.ngfree--;
+      x->schedlink = pp->gfree;
+      pp->gfree = x;
+      pp->ngfree++;
+    }
+  }
+  if (pp && pp->gfree) {
+    g* gp = pp->gfree;
+    pp->gfree = gp->schedlink;
+    pp->ngfree--;
+    return gp;
+  }
+  if (!pp) {
+    std::lock_guard<spinlock> l(sched.gfree_lock);
+    if (g* gp = sched.gfree) {
+      sched.gfree = gp->schedlink;
+      sched.ngfree--;
+      return gp;
+    }
+  }
+  return nullptr;
+}
+
+constexpr std::size_t g_reserve = (sizeof(g) + 63) & ~std::size_t{63};
+
+g* gcreate() {
+  stack s = sched.stacks->get();  // std::bad_alloc on ENOMEM
+  void* at = static_cast<char*>(s.top()) - g_reserve;
+  g* gp = ::new (at) g;
+  gp->stk = s;
+  std::lock_guard<spinlock> l(sched.lock);
+  sched.allg.push_back(gp);
+  return gp;
+}
+
+std::uint64_t new_goid(p* pp) {
+  if (!pp) return sched.goid_gen.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (pp->goid_next == pp->goid_end) {
+    pp->goid_next = sched.goid_gen.fetch_add(goid_batch, std::memory_order_relaxed) + 1;
+    pp->goid_end = pp->goid_next + goid_batch;
+  }
+  return pp->goid_next++;
+}
+
+[[noreturn]] void die_exception(g* gp, const char* what) {
+  std::fprintf(stderr, "gort: G %llu terminated by exception: %s\n",
+               static_cast<unsigned long long>(gp->id), what);
+  std::fflush(stderr);
+  std::terminate();
+}
+
+void recycle(g* gp) {
+  if (gp->destroy) gp->destroy(gp->frame);
+  if (gp->frame_on_heap) free_mem(gp->frame);
+  gp->frame = nullptr;
+  gp->frame_on_heap = false;
+  gp->destroy = nullptr;
+  stack_pool::set_owner(gp->stk, 0);
+  m* mp = getm();
+  gfput(mp ? mp->curp : nullptr, gp);
+}
+
+void goexit_commit(fiber* f, void*) {
+  g* gp = g_of(f);
+  if (gp->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) recycle(gp);
+}
+
+[[noreturn]] void goexit(g* gp) {
+  if (gp->joinable) {
+    std::uintptr_t old = gp->join_state.exchange(1, std::memory_order_acq_rel);
+    if (old > 1) wake(reinterpret_cast<waiter*>(old));
+  }
+  gp->status.store(gstatus::dead, std::memory_order_release);
+  leave(gp, {goexit_commit, nullptr}, true);
+  std::abort();
+}
+
+void g_entry(fiber*, void* arg) {
+  g* gp = static_cast<g*>(arg);
+  try {
+    gp->body(gp->frame);
+  } catch (const std::exception& e) {
+    die_exception(gp, e.what());
+  } catch (...) {
+    die_exception(gp, "an exception not derived from std::exception");
+  }
+  goexit(gp);
+}
+
+void park_commit(fiber* f, void* arg) {
+  auto* inner = static_cast<transition*>(arg);
+  transition t = *inner;  // lives on the parking G's stack: read before the G can be readied
+  g_of(f)->status.store(gstatus::waiting, std::memory_order_release);
+  if (t.fn) t.fn(f, t.arg);
+}
+
+// arg: the P the G yielded on; the arriving side runs on the same M, still holding it.
+void yield_commit(fiber* f, void* arg) {
+  g* gp = g_of(f);
+  gp->status.store(gstatus::runnable, std::memory_order_relaxed);
+  runqput(static_cast<p*>(arg), gp, false);
+}
+
+}  // namespace
+
+void ready(g* gp) noexcept {
+  gp->status.store(gstatus::runnable, std::memory_order_release);
+  m* mp = getm();
+  p* pp = mp ? mp->curp : nullptr;
+  if (pp) {
+    runqput(pp, gp, true);
+  } else {
+    globrunqput(gp);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // see wakep
+  }
+  wakep();
+}
+
+void park(const char* reason, transition commit) noexcept {
+  g* gp = getg();
+  gp->wait_reason = reason;
+  leave(gp, {park_commit, &commit}, false);
+  gp->wait_reason = nullptr;
+}
+
+void yield_g() noexcept {
+  m* mp = getm();
+  g* gp = mp ? mp->curg : nullptr;
+  if (!gp) {
+    std::this_thread::yield();
+    return;
+  }
+  p* pp = mp->curp;
+  g* next = fast_next(pp);
+  if (!next) {
+    // Nothing else runs here: carry on, unless the runtime is stopping (then g0 must get
+    // control back so the M can exit).
+    if (sched.state.load(std::memory_order_relaxed) == 1) return;
+    leave(gp, {yield_commit, pp}, false);
+    return;
+  }
+  switch_g(mp, gp, next, {yield_commit, pp});
+}
+
+void wake(waiter* w) noexcept {
+  if (g* gp = w->gp) {
+    ready(gp);
+  } else {
+    w->flag.store(1, std::memory_order_release);
+    futex_wake(&w->flag, 1);
+  }
+}
+
+void wait_on(waiter& w, const char* reason, transition unlock) noexcept {
+  if (g* gp = getg()) {
+    w.gp = gp;
+    park(reason, unlock);
+    return;
+  }
+  w.gp = nullptr;
+  w.flag.store(0, std::memory_order_relaxed);
+  if (unlock.fn) unlock.fn(nullptr, unlock.arg);
+  while (w.flag.load(std::memory_order_acquire) == 0) futex_wait(&w.flag, 0);
+}
+
+void* alloc(std::size_t n) {
+  m* mp = getm();
+  p* pp = mp ? mp->curp : nullptr;
+  void* r = (pp && pp->home == mp && pp->heap)
+                ? mi_heap_malloc(reinterpret_cast<mi_heap_t*>(pp->heap), n)
+                : mi_malloc(n);
+  if (!r) throw std::bad_alloc();
+  return r;
+}
+
+void free_mem(void* ptr) noexcept { mi_free(ptr); }
+
+void timer_armed(std::int64_t when) { timer_poke(when); }
+
+// ---------------------------------------------------------------------------------------------
+// G lifecycle (the detail:: entry points of gort.hpp)
+
+g* g_reserve_new(std::size_t size, std::size_t align, void** frame) {
+  if (align > 64) throw std::invalid_argument("gort: a G's callable needs alignment <= 64");
+  m* mp = getm();
+  p* pp = mp ? mp->curp : nullptr;
+  if (!pp) {
+    // A foreign thread: count ourselves in before looking at the state, so shutdown waits for
+    // us (it sets the state, then waits for foreign == 0).
+    sched.foreign.fetch_add(1, std::memory_order_seq_cst);
+    if (sched.state.load(std::memory_order_seq_cst) != 1) {
+      sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+      throw std::logic_error("gort: no runtime is running (start one with gort::run)");
+    }
+  }
+  g* gp = gfget(pp);
+  if (!gp) {
+    try {
+      gp = gcreate();
+    } catch (...) {
+      if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+      throw;
+    }
+  }
+  gp->id = new_goid(pp);
+  char* lim = reinterpret_cast<char*>(gp);
+  std::size_t budget = sched.stack_size / 4;
+  if (size <= budget) {
+    gp->frame = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(lim) - size) & ~(std::uintptr_t{align} - 1));
+    gp->frame_on_heap = false;
+  } else {
+    try {
+      gp->frame = alloc(size + 64);
+    } catch (...) {
+      gfput(pp, gp);
+      if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+      throw;
+    }
+    gp->frame_on_heap = true;
+  }
+  *frame = gp->frame;
+  return gp;
+}
+
+void g_launch(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept {
+  gp->body = body;
+  gp->destroy = destroy;
+  gp->joinable = joinable;
+  gp->refs.store(joinable ? 2 : 1, std::memory_order_relaxed);
+  gp->join_state.store(0, std::memory_order_relaxed);
+  char* top = gp->frame_on_heap ? reinterpret_cast<char*>(gp) : static_cast<char*>(gp->frame);
+  char* lo = static_cast<char*>(gp->stk.lo);
+  gp->fib.init(lo, static_cast<std::size_t>(top - lo) & ~std::size_t{15}, g_entry, gp);
+  stack_pool::set_owner(gp->stk, gp->id);
+  gp->status.store(gstatus::runnable, std::memory_order_release);
+  m* mp = getm();
+  p* pp = mp ? mp->curp : nullptr;
+  if (pp) {
+    runqput(pp, gp, true);
+    wakep();
+  } else {
+    globrunqput(gp);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // see wakep
+    wakep();
+    sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  }
+}
+
+void g_unreserve(g* gp) noexcept {
+  if (gp->frame_on_heap) free_mem(gp->frame);
+  gp->frame = nullptr;
+  gp->frame_on_heap = false;
+  gp->destroy = nullptr;
+  m* mp = getm();
+  p* pp = mp ? mp->curp : nullptr;
+  gfput(pp, gp);
+  if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+namespace {
+struct join_ctx {
+  g* target;
+  waiter* w;
+};
+void join_commit(fiber*, void* arg) {
+  auto* jc = static_cast<join_ctx*>(arg);
+  g* target = jc->target;
+  waiter* w = jc->w;
+  std::uintptr_t expect = 0;
+  // After a successful CAS the joiner may be woken (and its stack reused) at any moment: touch
+  // nothing of it afterwards.
+  if (!target->join_state.compare_exchange_strong(expect, reinterpret_cast<std::uintptr_t>(w),
+                                                  std::memory_order_acq_rel))
+    wake(w);  // finished meanwhile
+}
+}  // namespace
+
+void g_join_wait(g* target) {
+  if (target->join_state.load(std::memory_order_acquire) == 1) return;
+  waiter w;
+  join_ctx jc{target, &w};
+  wait_on(w, "join", {join_commit, &jc});
+}
+
+void g_drop(g* gp) noexcept {
+  if (gp->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) recycle(gp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Boot and shutdown
+
+namespace {
+
+struct main_ctx {
+  gort::detail::body_fn body;
+  void* frame;
+  note done;
+};
+
+void main_body(void* p) {
+  auto* mc = *static_cast<main_ctx**>(p);
+  mc->body(mc->frame);  // captures its own exceptions (gort.hpp run())
+  mc->done.wakeup();
+}
+
+unsigned procs_from(const config& cfg) {
+  unsigned n = cfg.procs;
+  if (const char* env = std::getenv("GORT_PROCS"); env && *env) {
+    char* end = nullptr;
+    unsigned long v = std::strtoul(env, &end, 10);
+    if (*end != '\0' || v == 0 || v > 4096)
+      throw std::invalid_argument(std::string("gort: GORT_PROCS='") + env +
+                                  "' is not a processor count in 1..4096");
+    n = static_cast<unsigned>(v);
+  }
+  if (n > 4096)
+    throw std::invalid_argument("gort: config.procs = " + std::to_string(n) +
+                                " is out of range (at most 4096)");
+  if (n == 0) n = allowed_cpus();
+  return n;
+}
+
+void teardown() {
+  if (std::getenv("GORT_DEBUG_ALLG")) std::fprintf(stderr, "gort: debug: %zu Gs created, %zu Ms\n", sched.allg.size(), sched.ms.size());
+  for (g* gp : sched.allg) gp->fib.destroy();
+  sched.allg.clear();
+  for (p* pp : sched.ps) {
+    pp->tm.clear();
+    delete pp;
+  }
+  sched.ps.clear();
+  for (m* mp : sched.ms) delete mp;
+  sched.ms.clear();
+  delete sched.stacks;
+  sched.stacks = nullptr;
+  sched.ghead = sched.gtail = nullptr;
+  sched.nglobal = 0;
+  sched.pidle = nullptr;
+  sched.npidle = 0;
+  sched.midle = nullptr;
+  sched.nmidle = 0;
+  sched.nmspinning = 0;
+  sched.gfree = nullptr;
+  sched.ngfree = 0;
+  sched.timer_sleeper = nullptr;
+  sched.timer_sleep_until = 0;
+}
+
+}  // namespace
+
+void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
+  unsigned n = procs_from(cfg);
+  auto pool = std::make_unique<stack_pool>(cfg.stack_size);  // validates stack_size
+  int stopped = 0;
+  if (!sched.state.compare_exchange_strong(stopped, 3, std::memory_order_acq_rel))
+    throw std::logic_error("gort::run: a runtime is already running in this process");
+
+  install_overflow_handler();
+  sched.cfg = cfg;
+  sched.stacks = pool.release();
+  sched.stack_size = cfg.stack_size;
+  sched.nprocs = n;
+  coprimes.clear();
+  for (std::uint32_t i = 1; i <= n; ++i)
+    if (std::gcd(i, n) == 1) coprimes.push_back(i);
+  std::vector<int> cpus = place_procs(cfg.pin, n);
+  for (unsigned i = 0; i < n; ++i) {
+    auto* pp = new p;
+    pp->id = i;
+    if (!cpus.empty()) pp->cpu = cpus[i];
+    sched.ps.push_back(pp);
+  }
+  for (unsigned i = n; i-- > 1;) pidleput(sched.ps[i]);
+
+  main_ctx mc{body, frame, {}};
+  g* mg;
+  try {
+    mg = gcreate();
+  } catch (...) {
+    teardown();
+    sched.state.store(0);
+    throw;
+  }
+  mg->id = sched.goid_gen.fetch_add(1) + 1;
+  mg->frame = reinterpret_cast<char*>(mg) - 64;
+  *static_cast<main_ctx**>(mg->frame) = &mc;
+  mg->frame_on_heap = false;
+  mg->body = main_body;
+  mg->destroy = nullptr;
+  mg->joinable = false;
+  mg->refs.store(1);
+  mg->fib.init(mg->stk.lo, static_cast<std::size_t>(static_cast<char*>(mg->frame) - static_cast<char*>(mg->stk.lo)), g_entry, mg);
+  stack_pool::set_owner(mg->stk, mg->id);
+  mg->status.store(gstatus::runnable);
+  runqput(sched.ps[0], mg, false);
+  sched.state.store(1, std::memory_order_seq_cst);
+  if (!newm(sched.ps[0], false)) {
+    std::fprintf(stderr, "gort: cannot start the first M\n");
+    std::abort();
+  }
+
+  mc.done.sleep();
+
+  // Shutdown: stop taking foreign work, wait for foreign submitters in flight, then wake every
+  // M so it sees the state and exits. Ms running a G exit when that G next enters the
+  // scheduler; the G is abandoned.
+  sched.state.store(2, std::memory_order_seq_cst);
+  while (sched.foreign.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  std::vector<m*> ms;
+  {
+    std::lock_guard<spinlock> l(sched.lock);
+    ms = sched.ms;
+  }
+  for (;;) {
+    for (m* mp : ms) mp->park.wakeup();
+    if (sched.nmrunning.load() == 0) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    std::lock_guard<spinlock> l(sched.lock);
+    ms = sched.ms;
+  }
+  for (m* mp : ms)
+    if (mp->thr.joinable()) mp->thr.join();
+  teardown();
+  sched.state.store(0, std::memory_order_seq_cst);
+}
+
+}  // namespace gort::rt

@@ -1,0 +1,202 @@
+// gort: the scheduler's state: G, M, P and the global `sched`. docs/design.md explains the
+// protocols; proc.cpp implements them. Invariants sit next to the fields they guard.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "fiber.hpp"
+#include "lock.hpp"
+#include "gort/config.hpp"
+#include "gort/gort.hpp"
+#include "note.hpp"
+#include "runq.hpp"
+#include "stack.hpp"
+#include "timer.hpp"
+
+struct mi_heap_s;
+
+namespace gort::rt {
+
+struct m;
+struct p;
+
+enum class gstatus : std::uint8_t {
+  idle,      // on a free list, or reserved by g_new and not yet started
+  runnable,  // in a run queue
+  running,   // on an M (m->curg == this)
+  waiting,   // parked; someone holds a pointer to ready() it later
+  dead,      // finished; frame alive while a handle holds it
+};
+
+// A G lives at the top of its own stack: descriptor, then the typed frame (the callable, and
+// a task's result) below it, then the frames of the code it runs. Creating a G touches one page
+// and allocates nothing; a parked G usually costs that one page.
+struct alignas(64) g {  // (the fiber must stay first: g_of)
+  fiber fib;
+  std::uint64_t id = 0;
+  std::atomic<gstatus> status{gstatus::idle};
+  g* schedlink = nullptr;  // run queue / free list link, owned by whoever holds the G there
+  m* curm = nullptr;       // while running
+
+  stack stk;
+  void* frame = nullptr;  // typed frame (gort.hpp), at the top of the stack
+  bool frame_on_heap = false;  // a frame too large for the stack top is allocated instead
+  gort::detail::body_fn body = nullptr;
+  gort::detail::destroy_fn destroy = nullptr;
+  bool joinable = false;
+
+  // Holders of this G's frame: the running G itself, plus one for a task/thread handle. The
+  // last to let go recycles the G.
+  std::atomic<int> refs{0};
+  // Completion, for join: 0 running with no joiner, 1 done, else a waiter* to wake.
+  std::atomic<std::uintptr_t> join_state{0};
+
+  timer sleep_timer;  // sleep_for/sleep_until, armed only while parked in sleep
+
+  // Why it waits, for debugging and (later) the deadlock report.
+  const char* wait_reason = nullptr;
+};
+
+// Something blocked until woken: a G (parked) or a plain OS thread (on a futex).
+struct waiter {
+  g* gp = nullptr;  // null: an OS thread waiting on `flag`
+  std::atomic<std::uint32_t> flag{0};
+  waiter* next = nullptr;
+};
+
+// Work that must wait until the leaving G is off its stack: installed as the leaving fiber's
+// after-switch action (fiber::after), so it runs on the arriving side. See park/yield/goexit.
+struct transition {
+  after_fn fn = nullptr;  // fn(left fiber, arg); the left G is g_of(left)
+  void* arg = nullptr;
+};
+
+struct p {
+  std::uint32_t id = 0;
+  m* curm = nullptr;  // the M holding this P, if any
+  p* link = nullptr;  // idle list, under sched.lock
+  runq q;
+  std::uint32_t schedtick = 0;  // incremented on every schedule: drives the 1-in-61 fairness
+
+  // Dead Gs, stacks attached, ready for reuse: this is both the G-descriptor cache and the
+  // stack cache (a G lives in its stack). Owned by the P: no locks.
+  g* gfree = nullptr;
+  std::uint32_t ngfree = 0;
+
+  // G ids are handed out in batches so spawning does not bounce one cache line between Ps.
+  std::uint64_t goid_next = 0, goid_end = 0;
+
+  timers tm;
+
+  // Allocation: a mimalloc heap may only allocate on the thread that created it (mimalloc
+  // 2.0.9), so each P has a home M that creates and owns `heap`. An M that holds a P it is not
+  // the home of allocates from its own thread's default heap instead (rt::alloc). Freeing is
+  // allowed from any thread.
+  mi_heap_s* heap = nullptr;
+  m* home = nullptr;
+
+  int cpu = -1;  // with pinning: the OS CPU this P's M runs on
+};
+
+struct m {
+  std::uint32_t id = 0;
+  fiber g0;              // the thread's own stack: where schedule() runs
+  g* curg = nullptr;     // the G running on this M, or null on g0
+  p* curp = nullptr;     // the P held, if any
+  std::atomic<p*> nextp{nullptr};  // handed over by startm before the M is woken
+  bool spinning = false; // looking for work; counted in sched.nmspinning
+  m* link = nullptr;     // idle list, under sched.lock
+  note park;
+  eh_globals* eh = nullptr;  // this thread's exception globals (fixed per thread)
+  std::uint64_t rand = 0;
+  int bound_cpu = -1;
+  std::thread thr;
+
+  void nextp_store(p* pp) noexcept { nextp.store(pp, std::memory_order_release); }
+  p* nextp_take() noexcept { return nextp.exchange(nullptr, std::memory_order_acq_rel); }
+  p* nextp_peek() const noexcept { return nextp.load(std::memory_order_acquire); }
+};
+
+struct sched_t {
+  spinlock lock;  // guards: the global run queue, idle Ps, idle Ms, the M list
+
+  // Global run queue (FIFO through g::schedlink). nglobal is read without the lock as a hint.
+  g* ghead = nullptr;
+  g* gtail = nullptr;
+  std::atomic<std::uint32_t> nglobal{0};
+
+  p* pidle = nullptr;
+  std::atomic<std::uint32_t> npidle{0};
+  m* midle = nullptr;
+  std::uint32_t nmidle = 0;
+  std::atomic<std::uint32_t> nmspinning{0};
+  std::vector<m*> ms;  // every M ever created in this runtime
+  std::vector<g*> allg;  // every G ever created in this runtime (they live in its stack pool)
+
+  std::vector<p*> ps;
+  std::uint32_t nprocs = 0;
+
+  // The M sleeping with a timeout until the earliest timer of any P (0: none). Whoever adds
+  // an earlier timer wakes it. See docs/design.md "Timers".
+  std::atomic<m*> timer_sleeper{nullptr};
+  std::atomic<std::int64_t> timer_sleep_until{0};
+
+  // Dead Gs beyond a P's cache, and Gs freed by foreign threads.
+  spinlock gfree_lock;
+  g* gfree = nullptr;
+  std::uint32_t ngfree = 0;
+
+  std::atomic<std::uint64_t> goid_gen{0};
+  stack_pool* stacks = nullptr;
+  std::size_t stack_size = 0;
+  config cfg;
+
+  // Lifecycle: 0 stopped, 1 running, 2 stopping. Foreign threads that submit work count
+  // themselves in `foreign` first, so shutdown can wait for them to finish touching state.
+  std::atomic<int> state{0};
+  std::atomic<int> foreign{0};
+  std::atomic<std::uint32_t> nmrunning{0};  // Ms not yet exited
+};
+
+extern sched_t sched;
+
+inline g* g_of(fiber* f) noexcept { return reinterpret_cast<g*>(f); }
+
+// The current M of the calling thread, or null on a thread that is not an M. A G may resume
+// on another thread after any switch, and compilers cache thread-pointer arithmetic across
+// calls, so this is an opaque call every time (see docs/design.md "Thread-local state").
+m* getm() noexcept;
+inline g* getg() noexcept {
+  m* mp = getm();
+  return mp ? mp->curg : nullptr;
+}
+
+// The scheduler's entry points (proc.cpp).
+void ready(g* gp) noexcept;                            // make a waiting G runnable
+void park(const char* reason, transition commit) noexcept;  // block the current G
+void yield_g() noexcept;
+void wake(waiter* w) noexcept;                         // wake a G or a thread waiter
+// Blocks the caller (G or OS thread) on w until wake(w); `unlock` runs once the caller is
+// committed to sleeping (after the G left its stack, or before the thread sleeps).
+void wait_on(waiter& w, const char* reason, transition unlock) noexcept;
+
+void wakep() noexcept;
+void timer_armed(std::int64_t when);  // a P's earliest timer changed to `when`
+
+// G lifecycle behind gort.hpp's detail:: functions (api.cpp forwards to these).
+g* g_reserve_new(std::size_t size, std::size_t align, void** frame);
+void g_launch(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept;
+void g_unreserve(g* gp) noexcept;
+void g_join_wait(g* target);
+void g_drop(g* gp) noexcept;
+void run_main(const config& cfg, gort::detail::body_fn body, void* frame);
+
+void* alloc(std::size_t n);  // runtime allocation: the P's heap when on its home M
+void free_mem(void* ptr) noexcept;
+
+}  // namespace gort::rt

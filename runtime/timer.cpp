@@ -1,0 +1,108 @@
+#include "timer.hpp"
+
+namespace gort::rt {
+
+namespace {
+constexpr std::size_t arity = 4;  // shallower than binary: fewer cache misses per sift
+inline bool before(const timer* a, const timer* b) noexcept {
+  return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+}
+}  // namespace
+
+void timers::up(std::size_t i) noexcept {
+  timer* t = heap_[i];
+  while (i > 0) {
+    std::size_t parent = (i - 1) / arity;
+    if (!before(t, heap_[parent])) break;
+    heap_[i] = heap_[parent];
+    heap_[i]->idx = static_cast<std::int32_t>(i);
+    i = parent;
+  }
+  heap_[i] = t;
+  t->idx = static_cast<std::int32_t>(i);
+}
+
+void timers::down(std::size_t i) noexcept {
+  timer* t = heap_[i];
+  std::size_t n = heap_.size();
+  for (;;) {
+    std::size_t c = i * arity + 1;
+    if (c >= n) break;
+    std::size_t best = c;
+    for (std::size_t k = c + 1; k < c + arity && k < n; ++k)
+      if (before(heap_[k], heap_[best])) best = k;
+    if (!before(heap_[best], t)) break;
+    heap_[i] = heap_[best];
+    heap_[i]->idx = static_cast<std::int32_t>(i);
+    i = best;
+  }
+  heap_[i] = t;
+  t->idx = static_cast<std::int32_t>(i);
+}
+
+bool timers::add(timer* t) {
+  std::lock_guard<spinlock> l(mu_);
+  t->seq = seq_++;
+  heap_.push_back(t);
+  up(heap_.size() - 1);
+  publish();
+  return heap_[0] == t;
+}
+
+bool timers::remove(timer* t) noexcept {
+  std::lock_guard<spinlock> l(mu_);
+  std::int32_t i = t->idx;
+  if (i < 0 || static_cast<std::size_t>(i) >= heap_.size() || heap_[static_cast<std::size_t>(i)] != t)
+    return false;
+  timer* last = heap_.back();
+  heap_.pop_back();
+  t->idx = -1;
+  if (last != t) {
+    heap_[static_cast<std::size_t>(i)] = last;
+    last->idx = i;
+    down(static_cast<std::size_t>(i));
+    up(static_cast<std::size_t>(last->idx));
+  }
+  publish();
+  return true;
+}
+
+int timers::run(std::int64_t now) {
+  int fired = 0;
+  for (;;) {
+    timer* t;
+    {
+      std::lock_guard<spinlock> l(mu_);
+      if (heap_.empty() || heap_[0]->when > now) {
+        publish();
+        return fired;
+      }
+      t = heap_[0];
+      timer* last = heap_.back();
+      heap_.pop_back();
+      if (!heap_.empty()) {
+        heap_[0] = last;
+        down(0);
+      }
+      t->idx = -1;
+      publish();
+    }
+    // Unlocked: fire may ready a G, which takes run-queue locks, or re-arm this very timer.
+    t->fire(t);
+    ++fired;
+  }
+}
+
+std::size_t timers::size() const noexcept {
+  std::lock_guard<spinlock> l(mu_);
+  return heap_.size();
+}
+
+void timers::clear() noexcept {
+  std::lock_guard<spinlock> l(mu_);
+  for (timer* t : heap_) t->idx = -1;
+  heap_.clear();
+  publish();
+}
+
+}  // namespace gort::rt

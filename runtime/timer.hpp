@@ -1,0 +1,54 @@
+// gort: a P's timer heap.
+//
+// Each P keeps the timers armed by Gs running on it in a 4-ary min-heap ordered by (when, seq):
+// O(log n) arm/disarm, and timers with equal deadlines fire in arming order. The heap has its
+// own lock because other Ps run a P's expired timers when that P is busy or idle (so no timer
+// waits behind a long-running G), and `next` publishes the earliest deadline so the scheduler
+// can check "anything due?" without the lock or a clock read when there are no timers.
+//
+// Timers are intrusive (a G embeds its sleep timer): arming allocates nothing.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+#include "lock.hpp"
+#include <vector>
+
+namespace gort::rt {
+
+struct timer {
+  std::int64_t when = 0;           // CLOCK_MONOTONIC ns
+  void (*fire)(timer*) = nullptr;  // runs without any timer lock held
+  void* arg = nullptr;
+  std::uint64_t seq = 0;
+  std::int32_t idx = -1;  // position in its heap; -1 when not armed
+};
+
+class timers {
+ public:
+  // Arms t (t->when and t->fire set by the caller). Returns true if t became the earliest.
+  bool add(timer* t);
+  // Disarms t if it is armed here; true if it was.
+  bool remove(timer* t) noexcept;
+  // Fires every timer due at `now`. Returns how many fired.
+  int run(std::int64_t now);
+  // Earliest deadline, 0 if none. Lock-free; may be stale by one concurrent add/run.
+  std::int64_t next() const noexcept { return next_.load(std::memory_order_acquire); }
+  std::size_t size() const noexcept;
+  // Drops every timer without firing (shutdown).
+  void clear() noexcept;
+
+ private:
+  void up(std::size_t i) noexcept;
+  void down(std::size_t i) noexcept;
+  void publish() noexcept { next_.store(heap_.empty() ? 0 : heap_[0]->when, std::memory_order_release); }
+
+  mutable spinlock mu_;
+  std::vector<timer*> heap_;
+  std::uint64_t seq_ = 0;
+  std::atomic<std::int64_t> next_{0};
+};
+
+}  // namespace gort::rt
