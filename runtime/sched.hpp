@@ -149,7 +149,7 @@ struct sched_t {
   // Dead Gs beyond a P's cache, and Gs freed by foreign threads.
   spinlock gfree_lock;
   g* gfree = nullptr;
-  std::uint32_t ngfree = 0;
+  std::atomic<std::uint32_t> ngfree{0};  // written under gfree_lock; read as a hint without it
 
   std::atomic<std::uint64_t> goid_gen{0};
   stack_pool* stacks = nullptr;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cassert>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -70,7 +71,7 @@ static_assert(std::atomic<std::uintptr_t>::is_always_lock_free);
 static_assert(std::atomic<std::size_t>::is_always_lock_free);
 
 constexpr std::size_t block_len = 256;      // entries per block: 16384 stacks
-constexpr std::size_t max_blocks = 16384;  // 4M chunks, 256M stacks: more than address space
+constexpr std::size_t max_blocks = 16384;  // 4M chunks, 256M stacks: past any real process
 
 struct registry {
   std::mutex mu;
@@ -189,11 +190,12 @@ void release_guards(std::size_t n) noexcept {
 
 void warn_budget() noexcept {
   if (budget_warned.exchange(true, std::memory_order_relaxed)) return;
-  const std::string msg = "gort: warning: stack guard budget exhausted: vm.max_map_count = " +
-                          std::to_string(max_map_count()) + " allows " +
-                          std::to_string(stack_pool::guard_budget()) +
-                          " mprotect-guarded stacks; further stacks have no guard page\n";
-  say(msg.c_str());
+  char msg[200];
+  std::snprintf(msg, sizeof msg,
+                "gort: warning: stack guard budget exhausted: vm.max_map_count = %zu allows %zu "
+                "mprotect-guarded stacks; further stacks have no guard page\n",
+                max_map_count(), stack_pool::guard_budget());
+  say(msg);
 }
 
 guard_mode from_env() noexcept {

@@ -86,8 +86,9 @@ struct pool_stats {
 // system where MADV_GUARD_INSTALL does not work gets mprotect guards; mode() says which.
 class stack_pool {
  public:
-  // Throws std::invalid_argument if stack_size is below min_stack_size or not a multiple of
-  // the page size. Maps nothing yet.
+  // Throws std::invalid_argument, naming the size and the minimum, if stack_size is below
+  // min_stack_size or not a multiple of the page size (or too large to address a chunk of).
+  // Maps nothing yet.
   explicit stack_pool(std::size_t stack_size = default_stack_size,
                       guard_mode mode = guard_mode::automatic);
   // Unmaps every chunk, including stacks still handed out.

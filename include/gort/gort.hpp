@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <new>
 #include <optional>
 #include <ostream>
@@ -167,13 +168,13 @@ struct main_frame_base {
 // std::logic_error if a runtime is already running in this process, std::invalid_argument for
 // a bad configuration. Calling run again afterwards starts a fresh runtime.
 template <class F>
-auto run(const config& cfg, F&& main_fn) {
+decltype(auto) run(const config& cfg, F&& main_fn) {
   using R = std::invoke_result_t<F>;
   struct frame : detail::main_frame_base {
-    F* fn;
+    std::remove_reference_t<F>* fn;
     detail::outcome<R> out;
   } fr;
-  fr.fn = &main_fn;
+  fr.fn = std::addressof(main_fn);
   fr.invoke = [](detail::main_frame_base* b) {
     auto* self = static_cast<frame*>(b);
     self->out.capture([self]() -> R { return std::forward<F>(*self->fn)(); });
@@ -185,7 +186,7 @@ auto run(const config& cfg, F&& main_fn) {
   return fr.out.take();
 }
 template <class F>
-auto run(F&& main_fn) {
+decltype(auto) run(F&& main_fn) {
   return run(config{}, std::forward<F>(main_fn));
 }
 
@@ -360,3 +361,10 @@ class wait_group {
 inline unsigned procs() { return detail::procs(); }
 
 }  // namespace gort
+
+template <>
+struct std::hash<gort::thread::id> {
+  std::size_t operator()(gort::thread::id i) const noexcept {
+    return std::hash<std::uint64_t>{}(i.value());
+  }
+};

@@ -1,0 +1,67 @@
+// Go twin of bench/skynet.cpp, in the classic channel form: every node starts its children
+// as goroutines and adds up what they send on the node's own channel.
+// Usage: skynet [leaves=1000000] [procs=2]   (leaves must be a power of 10)
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"time"
+)
+
+const fanout = 10
+
+func intArg(i int, def int64) int64 {
+	if len(os.Args) <= i {
+		return def
+	}
+	v, err := strconv.ParseInt(os.Args[i], 10, 64)
+	if err != nil || v <= 0 {
+		fmt.Fprintf(os.Stderr, "skynet: bad argument %q\n", os.Args[i])
+		os.Exit(2)
+	}
+	return v
+}
+
+func skynet(out chan<- int64, num, size int64) {
+	if size == 1 {
+		out <- num
+		return
+	}
+	in := make(chan int64)
+	sub := size / fanout
+	for i := int64(0); i < fanout; i++ {
+		go skynet(in, num+i*sub, sub)
+	}
+	var sum int64
+	for i := 0; i < fanout; i++ {
+		sum += <-in
+	}
+	out <- sum
+}
+
+func main() {
+	leaves := intArg(1, 1_000_000)
+	procs := int(intArg(2, 2))
+	runtime.GOMAXPROCS(procs)
+	for p := leaves; p > 1; p /= fanout {
+		if p%fanout != 0 {
+			fmt.Fprintf(os.Stderr, "skynet: leaves (%d) must be a power of %d\n", leaves, fanout)
+			os.Exit(2)
+		}
+	}
+
+	start := time.Now()
+	out := make(chan int64)
+	go skynet(out, 0, leaves)
+	sum := <-out
+	elapsed := time.Since(start)
+
+	if want := leaves * (leaves - 1) / 2; sum != want {
+		fmt.Fprintf(os.Stderr, "skynet: sum %d, want %d\n", sum, want)
+		os.Exit(1)
+	}
+	fmt.Printf("result skynet %.2f ms\n", float64(elapsed.Nanoseconds())/1e6)
+}
