@@ -80,21 +80,36 @@ unsigned procs() {
 
 }  // namespace detail
 
+// state_ packs the counter (high 32 bits) and the number of parked waiters (low 32), so that
+// the add() that brings the counter to zero learns atomically how many wait:
+//  - none: it returns without touching the group again, so a wait() that sees zero and returns
+//    may destroy the group at once (the usual "wg on the stack" pattern);
+//  - n: those n registered (a CAS that only succeeds while the counter is non-zero) and
+//    enqueued under lock_, in that order, and cannot return before being woken, so the group
+//    is alive while we take the n oldest waiters off the FIFO, subtract n and wake them. A
+//    waiter of the next round (the group reused at once) stays queued for its own round.
 void wait_group::add(int delta) {
-  std::int64_t now = count_.fetch_add(delta, std::memory_order_acq_rel) + delta;
-  if (now < 0) {
-    count_.fetch_sub(delta, std::memory_order_acq_rel);  // leave the group as it was
+  constexpr std::uint64_t one = std::uint64_t{1} << 32;
+  const std::uint64_t d = static_cast<std::uint64_t>(static_cast<std::int64_t>(delta)) * one;
+  const std::uint64_t s = state_.fetch_add(d, std::memory_order_acq_rel) + d;
+  const auto counter = static_cast<std::int32_t>(s >> 32);
+  const auto n = static_cast<std::uint32_t>(s);
+  if (counter < 0) {
+    state_.fetch_sub(d, std::memory_order_acq_rel);  // leave the group as it was
     throw std::logic_error("gort::wait_group: counter would go negative (done() or add(" +
                            std::to_string(delta) + ") without a matching add)");
   }
-  if (now > 0 || delta == 0) return;
-  // Reached zero: release every waiter. Waiters enqueue under the lock after reading a
-  // non-zero count under it, so none can slip in between our decrement and this sweep.
+  if (counter > 0 || n == 0 || delta >= 0) return;
   rt::lock(lock_);
-  auto* w = static_cast<rt::waiter*>(waiters_);
-  waiters_ = nullptr;
+  auto* first = static_cast<rt::waiter*>(head_);
+  rt::waiter* last = first;
+  for (std::uint32_t i = 1; i < n; ++i) last = last->next;
+  head_ = last->next;
+  if (!head_) tail_ = nullptr;
+  last->next = nullptr;
+  state_.fetch_sub(n, std::memory_order_acq_rel);
   rt::unlock(lock_);
-  while (w) {
+  for (rt::waiter* w = first; w;) {
     rt::waiter* next = w->next;  // read first: a woken waiter's memory may vanish
     rt::wake(w);
     w = next;
@@ -102,15 +117,19 @@ void wait_group::add(int delta) {
 }
 
 void wait_group::wait() {
-  if (count_.load(std::memory_order_acquire) == 0) return;
+  std::uint64_t s = state_.load(std::memory_order_acquire);
+  if ((s >> 32) == 0) return;
   rt::lock(lock_);
-  if (count_.load(std::memory_order_acquire) == 0) {
-    rt::unlock(lock_);
-    return;
-  }
+  do {
+    if ((s >> 32) == 0) {
+      rt::unlock(lock_);
+      return;
+    }
+  } while (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel));
   rt::waiter w;
-  w.next = static_cast<rt::waiter*>(waiters_);
-  waiters_ = &w;
+  if (tail_) static_cast<rt::waiter*>(tail_)->next = &w;
+  else head_ = &w;
+  tail_ = &w;
   rt::wait_on(w, "wait_group", {rt::unlock_commit, &lock_});
 }
 

@@ -174,6 +174,7 @@ void acquirep(m* mp, p* pp) {
     // First M to hold this P becomes its home: the heap is created (and so owned) here.
     pp->home = mp;
     pp->heap = reinterpret_cast<mi_heap_s*>(mi_heap_new());
+    mp->homes.push_back(pp);
   }
   if (pp->cpu >= 0 && mp->bound_cpu != pp->cpu) {
     bind_thread(pp->cpu);
@@ -566,11 +567,9 @@ void schedule(m* mp) {
 void mexit(m* mp) {
   // Heaps are owned by the thread that created them: this M deletes its Ps' heaps (their
   // live blocks migrate to the default heap and stay valid).
-  for (p* pp : sched.ps) {
-    if (pp->home == mp && pp->heap) {
-      mi_heap_delete(reinterpret_cast<mi_heap_t*>(pp->heap));
-      pp->heap = nullptr;
-    }
+  for (p* pp : mp->homes) {
+    mi_heap_delete(reinterpret_cast<mi_heap_t*>(pp->heap));
+    pp->heap = nullptr;
   }
   mp->g0.destroy();
   tls_m = nullptr;
@@ -826,8 +825,7 @@ g* g_reserve_new(std::size_t size, std::size_t align, void** frame) {
   }
   gp->id = new_goid(pp);
   char* lim = reinterpret_cast<char*>(gp);
-  std::size_t budget = sched.stack_size / 4;
-  if (size <= budget) {
+  if (size <= sched.frame_budget) {
     gp->frame = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(lim) - size) & ~(std::uintptr_t{align} - 1));
     gp->frame_on_heap = false;
   } else {
@@ -984,6 +982,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   sched.cfg = cfg;
   sched.stacks = pool.release();
   sched.stack_size = cfg.stack_size;
+  sched.frame_budget = cfg.stack_size / 4;
   sched.nprocs = n;
   coprimes.clear();
   for (std::uint32_t i = 1; i <= n; ++i)

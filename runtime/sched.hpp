@@ -115,6 +115,7 @@ struct m {
   eh_globals* eh = nullptr;  // this thread's exception globals (fixed per thread)
   std::uint64_t rand = 0;
   int bound_cpu = -1;
+  std::vector<p*> homes;  // the Ps whose heap this M created and must delete (mexit)
   std::thread thr;
 
   void nextp_store(p* pp) noexcept { nextp.store(pp, std::memory_order_release); }
@@ -122,43 +123,46 @@ struct m {
   p* nextp_peek() const noexcept { return nextp.load(std::memory_order_acquire); }
 };
 
+// Fields are grouped by who writes them, one cache line per group: wakep() reads npidle and
+// nmspinning on every spawn and wake-up, and must not miss in cache because another P just took
+// the run-queue lock.
 struct sched_t {
-  spinlock lock;  // guards: the global run queue, idle Ps, idle Ms, the M list
+  // Read on hot paths, written when Ms park or spin.
+  alignas(64) std::atomic<std::uint32_t> npidle{0};
+  std::atomic<std::uint32_t> nmspinning{0};
+  std::atomic<std::uint32_t> nglobal{0};  // global run queue length; a hint without the lock
+  std::atomic<int> state{0};  // 0 stopped, 1 running, 2 stopping, 3 starting
+  std::uint32_t nprocs = 0;
+  std::size_t stack_size = 0;
+  std::size_t frame_budget = 0;  // largest typed frame kept on a G's stack (else allocated)
 
-  // Global run queue (FIFO through g::schedlink). nglobal is read without the lock as a hint.
+  // Guarded by `lock`: the global run queue (FIFO through g::schedlink), idle Ps, idle Ms, the
+  // M and G lists.
+  alignas(64) spinlock lock;
   g* ghead = nullptr;
   g* gtail = nullptr;
-  std::atomic<std::uint32_t> nglobal{0};
-
   p* pidle = nullptr;
-  std::atomic<std::uint32_t> npidle{0};
   m* midle = nullptr;
   std::uint32_t nmidle = 0;
-  std::atomic<std::uint32_t> nmspinning{0};
-  std::vector<m*> ms;  // every M ever created in this runtime
+  std::vector<m*> ms;    // every M ever created in this runtime
   std::vector<g*> allg;  // every G ever created in this runtime (they live in its stack pool)
 
-  std::vector<p*> ps;
-  std::uint32_t nprocs = 0;
-
-  // The M sleeping with a timeout until the earliest timer of any P (0: none). Whoever adds
-  // an earlier timer wakes it. See docs/design.md "Timers".
-  std::atomic<m*> timer_sleeper{nullptr};
-  std::atomic<std::int64_t> timer_sleep_until{0};
-
   // Dead Gs beyond a P's cache, and Gs freed by foreign threads.
-  spinlock gfree_lock;
+  alignas(64) spinlock gfree_lock;
   g* gfree = nullptr;
   std::atomic<std::uint32_t> ngfree{0};  // written under gfree_lock; read as a hint without it
 
-  std::atomic<std::uint64_t> goid_gen{0};
-  stack_pool* stacks = nullptr;
-  std::size_t stack_size = 0;
-  config cfg;
+  // The M sleeping with a timeout until the earliest timer of any P (null: none). Whoever arms
+  // an earlier timer wakes it. See docs/design.md "Timers".
+  alignas(64) std::atomic<m*> timer_sleeper{nullptr};
+  std::atomic<std::int64_t> timer_sleep_until{0};
 
-  // Lifecycle: 0 stopped, 1 running, 2 stopping. Foreign threads that submit work count
-  // themselves in `foreign` first, so shutdown can wait for them to finish touching state.
-  std::atomic<int> state{0};
+  alignas(64) std::atomic<std::uint64_t> goid_gen{0};
+  std::vector<p*> ps;
+  stack_pool* stacks = nullptr;
+  config cfg;
+  // Foreign threads that submit work count themselves here first, so shutdown can wait for
+  // them to finish touching the runtime.
   std::atomic<int> foreign{0};
   std::atomic<std::uint32_t> nmrunning{0};  // Ms not yet exited
 };

@@ -352,9 +352,10 @@ class wait_group {
   GORT_API void wait();
 
  private:
-  std::atomic<std::int64_t> count_{0};
+  std::atomic<std::uint64_t> state_{0};  // counter << 32 | parked waiters
   std::atomic<std::uint32_t> lock_{0};
-  void* waiters_ = nullptr;  // guarded by lock_
+  void* head_ = nullptr;  // FIFO of parked waiters, guarded by lock_
+  void* tail_ = nullptr;
 };
 
 // Number of processors (Ps) of the running runtime. Throws std::logic_error if none runs.

@@ -1,0 +1,56 @@
+// Death tests: run a function in a forked child and collect how it ended and what it printed.
+#pragma once
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+struct child_result {
+  int status = 0;
+  std::string out;  // stdout and stderr, interleaved
+  bool died_by(int sig) const { return WIFSIGNALED(status) && WTERMSIG(status) == sig; }
+  bool exited(int code) const { return WIFEXITED(status) && WEXITSTATUS(status) == code; }
+};
+
+// Runs f in a forked child (stdout and stderr captured, default actions for the fatal signals
+// that test frameworks intercept, no core dumps, a 300 s alarm). The child exits 0 if f returns.
+template <class F>
+child_result run_in_child(F&& f) {
+  int fds[2];
+  if (pipe(fds) != 0) std::abort();
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) std::abort();
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], STDOUT_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[1]);
+    for (int sig : {SIGSEGV, SIGBUS, SIGABRT}) signal(sig, SIG_DFL);
+    rlimit no_core{0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    alarm(300);
+    f();
+    std::fflush(nullptr);
+    _exit(0);
+  }
+  close(fds[1]);
+  child_result r;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    r.out.append(buf, static_cast<std::size_t>(n));
+  }
+  close(fds[0]);
+  while (waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
+  }
+  return r;
+}

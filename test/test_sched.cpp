@@ -1,0 +1,1010 @@
+// The scheduler seen through the public API: run/go/spawn/yield/procs, work stealing, Gs
+// submitted from foreign threads, tasks, shutdown and configuration.
+//
+// Every test case boots its own runtime with gort::run. Assertions that need the runtime's
+// answer are made after run returns (on the test thread), or with CHECK from the main G once
+// every other G that could touch main_fn's locals is done: a REQUIRE failing in the main G would
+// unwind main_fn while Gs on other Ms may still use its locals.
+//
+// The wait_groups live in the test case, outside gort::run, so they outlive the runtime: a
+// wait_group must not be destroyed (or its memory reused) right after wait() returns, because of
+// a runtime bug (the final done() still touches the group; see the "[.bug]" wait_group tests at
+// the end of test_sync.cpp). On main_fn's stack, TSan would report that now and then.
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/generators/catch_generators.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gort/gort.hpp"
+#include "pin.hpp"
+#include "sched.hpp"
+#include "test_util.hpp"
+
+using Catch::Matchers::ContainsSubstring;
+
+// ---------------------------------------------------------------------------------------------
+// A known runtime race, reported with the "[.bug]" reproducer "Ms exiting at shutdown race with
+// an M taking its first P" in test_sched.cpp: at shutdown, mexit() reads every P's `home` and
+// `heap` without a lock while an M started just before shutdown writes them in its first
+// acquirep(). TSan reports it in most runs of any test that boots a runtime, so it is
+// suppressed here, narrowly, to keep the other reports meaningful. GORT_TEST_UNSUPPRESS=1
+// turns the suppression off. Remove it once the runtime is fixed.
+#if defined(__SANITIZE_THREAD__)
+// TSan calls this while it initialises, before libc has set up `environ`: no instrumentation,
+// raw system calls only.
+extern "C" __attribute__((no_sanitize_thread)) const char* __tsan_default_suppressions() {
+  static char env[1 << 16];
+  long fd = syscall(SYS_openat, AT_FDCWD, "/proc/self/environ", O_RDONLY);
+  long n = 0;
+  if (fd >= 0) {
+    for (long k; n < static_cast<long>(sizeof env) - 1 &&
+                 (k = syscall(SYS_read, fd, env + n, sizeof env - 1 - static_cast<std::size_t>(n))) > 0;)
+      n += k;
+    syscall(SYS_close, fd);
+  }
+  static const char key[] = "GORT_TEST_UNSUPPRESS=";
+  for (long at = 0; at < n;) {  // NUL-separated entries
+    long i = 0;
+    while (key[i] && at + i < n && env[at + i] == key[i]) ++i;
+    if (!key[i]) return "";
+    while (at < n && env[at]) ++at;
+    ++at;
+  }
+  return "race:mexit\n";  // gort::rt::(anonymous)::mexit (proc.cpp)
+}
+#endif
+
+namespace {
+
+constexpr auto relaxed = std::memory_order_relaxed;
+
+gort::config with_procs(unsigned n, gort::pin_policy pin = gort::pin_policy::none) {
+  gort::config c;
+  c.procs = n;
+  c.pin = pin;
+  return c;
+}
+
+// GORT_PROCS overrides config.procs; a value inherited from the environment would make the
+// procs assertions meaningless, so each test case runs with it unset (and restores it).
+struct no_procs_env {
+  std::optional<std::string> saved;
+  no_procs_env() {
+    if (const char* v = std::getenv("GORT_PROCS")) saved = v;
+    unsetenv("GORT_PROCS");
+  }
+  ~no_procs_env() {
+    if (saved) setenv("GORT_PROCS", saved->c_str(), 1);
+    else unsetenv("GORT_PROCS");
+  }
+  no_procs_env(const no_procs_env&) = delete;
+  no_procs_env& operator=(const no_procs_env&) = delete;
+};
+
+#if defined(__SANITIZE_THREAD__)
+constexpr bool tsan_build = true;
+#else
+constexpr bool tsan_build = false;
+#endif
+
+// At most this many spawned-but-unfinished Gs in the big spawn tests. Every live G commits at
+// least a page of its stack, so an unthrottled million would take gigabytes; the window is
+// still far larger than a run queue (256), so the global queue and stealing are exercised.
+// ThreadSanitizer (GCC 12's libtsan) counts each fiber as a thread and dies past 8128 of them,
+// and every G the runtime creates keeps its TSan fiber until shutdown: under TSan the number
+// of Gs alive at once stays well below that limit.
+constexpr long max_in_flight = tsan_build ? 512 : 32 * 1024;
+
+struct child_outcome {
+  int status = 0;
+  std::string output;  // stdout and stderr
+};
+
+// Runs body in a forked child (stdout/stderr captured). The child exits 0 if body returns,
+// 3 if it throws; a deadline kills a hung child with SIGALRM.
+template <class F>
+child_outcome run_in_child(F&& body) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], STDOUT_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[1]);
+    // Catch2 catches these during a test case; the child wants the default actions.
+    for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGALRM}) signal(sig, SIG_DFL);
+    rlimit no_core{0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    alarm(120);
+    // Leave with exit_group: _exit is intercepted by TSan, which turns the status into 66
+    // if the parent had reported anything before the fork. The status here is the body's.
+    try {
+      body();
+    } catch (...) {
+      syscall(SYS_exit_group, 3);
+    }
+    syscall(SYS_exit_group, 0);
+  }
+  close(fds[1]);
+  child_outcome r;
+  char buf[4096];
+  for (;;) {
+    ssize_t k = read(fds[0], buf, sizeof buf);
+    if (k > 0) {
+      r.output.append(buf, static_cast<std::size_t>(k));
+      continue;
+    }
+    if (k < 0 && errno == EINTR) continue;
+    break;
+  }
+  close(fds[0]);
+  while (waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
+  }
+  return r;
+}
+
+// How many entries of a "times run" array are not exactly 1, and the first such index.
+struct once_report {
+  long wrong = 0;
+  long first_wrong = -1;
+  int first_value = 0;
+};
+once_report check_once(const std::vector<std::atomic<std::uint8_t>>& ran) {
+  once_report r;
+  for (std::size_t i = 0; i < ran.size(); ++i) {
+    int v = ran[i].load(relaxed);
+    if (v != 1) {
+      if (r.wrong++ == 0) {
+        r.first_wrong = static_cast<long>(i);
+        r.first_value = v;
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// go / yield / procs
+
+TEST_CASE("a million Gs each run exactly once", "[sched][go]") {
+  no_procs_env env;
+  const unsigned procs = GENERATE(1u, 2u, 4u, 8u);
+  CAPTURE(procs);
+  const long n = 1'000'000 / test_scale();
+  std::vector<std::atomic<std::uint8_t>> ran(static_cast<std::size_t>(n));
+  std::atomic<long> finished{0};
+
+  gort::wait_group wg;
+  const unsigned seen_procs = gort::run(with_procs(procs), [&] {
+    wg.add(static_cast<int>(n));
+    for (long i = 0; i < n; ++i) {
+      while (i - finished.load(relaxed) >= max_in_flight) gort::yield();
+      gort::go([&ran, &finished, &wg, i] {
+        ran[static_cast<std::size_t>(i)].fetch_add(1, relaxed);
+        finished.fetch_add(1, relaxed);
+        wg.done();
+      });
+    }
+    wg.wait();
+    return gort::procs();
+  });
+
+  REQUIRE(seen_procs == procs);
+  REQUIRE(finished.load() == n);
+  const once_report r = check_once(ran);
+  CAPTURE(r.first_wrong, r.first_value);
+  REQUIRE(r.wrong == 0);
+}
+
+TEST_CASE("go decay-copies its arguments and destroys them after the call", "[sched][go]") {
+  no_procs_env env;
+  struct tracked {
+    std::shared_ptr<int> p;
+  };
+  auto shared = std::make_shared<int>(5);
+  std::weak_ptr<int> weak = shared;
+  gort::wait_group wg;
+  const auto result = gort::run(with_procs(2), [&] {
+    std::atomic<int> got{0};
+    std::string s = "copied";
+    wg.add(2);
+    gort::go(
+        [&](tracked t, std::string str, std::unique_ptr<int> u) {
+          got.fetch_add(*t.p + *u + static_cast<int>(str.size()));
+          wg.done();
+        },
+        tracked{std::move(shared)}, s, std::make_unique<int>(100));
+    s = "changed after go";  // the G holds its own copy
+    gort::go([&wg, &got](int a, int b) {
+      got.fetch_add(a * b);
+      wg.done();
+    }, 3, 7);
+    wg.wait();
+    // The first G's arguments are destroyed after its call, before the G is recycled: once
+    // wg.wait() returns the G may still be finishing, so wait for the last owner to let go.
+    for (int i = 0; i < 100000 && !weak.expired(); ++i) gort::yield();
+    return std::make_pair(got.load(), weak.expired());
+  });
+  CHECK(result.first == 5 + 100 + 6 + 21);
+  CHECK(result.second);
+}
+
+TEST_CASE("yield lets the other Gs of the same P run", "[sched][yield]") {
+  no_procs_env env;
+  const auto r = gort::run(with_procs(1), [] {
+    std::atomic<int> ran{0};
+    for (int i = 0; i < 10; ++i) gort::go([&ran] { ran.fetch_add(1); });
+    // One P: nothing else runs until the main G lets go of it.
+    const int before = ran.load();
+    int yields = 0;
+    while (ran.load() < 10 && yields < 1000) {
+      gort::yield();
+      ++yields;
+    }
+    return std::make_pair(before, ran.load());
+  });
+  CHECK(r.first == 0);
+  CHECK(r.second == 10);
+}
+
+TEST_CASE("yield on a plain OS thread returns", "[sched][yield]") {
+  gort::yield();  // no runtime at all
+  no_procs_env env;
+  const bool ok = gort::run(with_procs(1), [] {
+    std::atomic<bool> done{false};
+    std::thread t([&] {
+      for (int i = 0; i < 100; ++i) gort::yield();
+      done = true;
+    });
+    t.join();
+    return done.load();
+  });
+  CHECK(ok);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stealing
+
+TEST_CASE("Gs spawned on one P are stolen and run by other Ps", "[sched][steal]") {
+  no_procs_env env;
+  const long n = 100'000 / test_scale();
+  constexpr std::uint32_t unset = ~std::uint32_t{0};
+  std::vector<std::atomic<std::uint32_t>> ran_on(static_cast<std::size_t>(n));
+  for (auto& x : ran_on) x.store(unset, relaxed);
+  std::atomic<long> finished{0};
+
+  gort::wait_group wg;
+  const std::uint32_t spawner_p = gort::run(with_procs(4), [&] {
+    wg.add(static_cast<int>(n));
+    const std::uint32_t home = gort::rt::getm()->curp->id;
+    // The main G spawns them all without blocking or yielding: it keeps its P the whole time,
+    // so any G that runs elsewhere was taken from this P's queue (or its overflow). (Under TSan
+    // it has to wait for some to finish now and then: see max_in_flight.)
+    for (long i = 0; i < n; ++i) {
+      if (tsan_build)
+        while (i - finished.load(relaxed) >= max_in_flight) gort::yield();
+      gort::go([&ran_on, &finished, &wg, i] {
+        ran_on[static_cast<std::size_t>(i)].store(gort::rt::getm()->curp->id, relaxed);
+        volatile std::uint64_t x = static_cast<std::uint64_t>(i);
+        for (int k = 0; k < 200; ++k) x = x * 6364136223846793005ull + 1442695040888963407ull;
+        if (i % 16 == 0) gort::yield();
+        finished.fetch_add(1, relaxed);
+        wg.done();
+      });
+    }
+    wg.wait();
+    return home;
+  });
+
+  REQUIRE(finished.load() == n);
+  std::set<std::uint32_t> ps;
+  long elsewhere = 0, missing = 0;
+  for (auto& x : ran_on) {
+    const std::uint32_t id = x.load(relaxed);
+    if (id == unset) {
+      ++missing;
+      continue;
+    }
+    ps.insert(id);
+    if (id != spawner_p) ++elsewhere;
+  }
+  CAPTURE(spawner_p, ps.size(), elsewhere);
+  REQUIRE(missing == 0);
+  CHECK(*ps.rbegin() < 4);
+  CHECK(ps.size() > 1);
+  CHECK(elsewhere > 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Foreign threads
+
+TEST_CASE("foreign OS threads submit Gs with go", "[sched][foreign]") {
+  no_procs_env env;
+  constexpr int nthreads = 4;
+  const long per = 100'000 / test_scale();
+  std::vector<std::atomic<std::uint8_t>> ran(static_cast<std::size_t>(nthreads * per));
+  std::atomic<long> finished[nthreads] = {};
+
+  gort::wait_group wg;
+  const bool threads_were_foreign = gort::run(with_procs(2), [&] {
+    wg.add(static_cast<int>(nthreads * per));
+    std::atomic<int> foreign{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < nthreads; ++t) {
+      threads.emplace_back([&, t] {
+        if (gort::rt::getm() == nullptr && gort::detail::current_g_id() == 0) foreign.fetch_add(1);
+        for (long i = 0; i < per; ++i) {
+          while (i - finished[t].load(relaxed) >= max_in_flight / nthreads) std::this_thread::yield();
+          gort::go([&ran, &finished, &wg, t, i, per] {
+            ran[static_cast<std::size_t>(t * per + i)].fetch_add(1, relaxed);
+            finished[t].fetch_add(1, relaxed);
+            wg.done();
+          });
+        }
+      });
+    }
+    wg.wait();  // parks the main G; its P keeps running the submitted Gs
+    for (auto& th : threads) th.join();  // they have submitted everything by now
+    return foreign.load() == nthreads;
+  });
+
+  CHECK(threads_were_foreign);
+  for (int t = 0; t < nthreads; ++t) CHECK(finished[t].load() == per);
+  const once_report r = check_once(ran);
+  CAPTURE(r.first_wrong, r.first_value);
+  REQUIRE(r.wrong == 0);
+}
+
+TEST_CASE("go, spawn and thread throw logic_error when no runtime runs", "[sched][foreign]") {
+  int calls = 0;
+  auto body = [&calls] { ++calls; };
+  // From the test's own thread.
+  CHECK_THROWS_AS(gort::go(body), std::logic_error);
+  CHECK_THROWS_AS(gort::spawn(body), std::logic_error);
+  CHECK_THROWS_AS(gort::thread(body), std::logic_error);
+  // From another plain thread.
+  int thrown = 0;
+  std::thread t([&] {
+    try {
+      gort::go(body);
+    } catch (const std::logic_error&) {
+      ++thrown;
+    }
+    try {
+      (void)gort::spawn(body);
+    } catch (const std::logic_error&) {
+      ++thrown;
+    }
+    try {
+      gort::thread th(body);
+      th.join();
+    } catch (const std::logic_error&) {
+      ++thrown;
+    }
+  });
+  t.join();
+  CHECK(thrown == 3);
+  CHECK(calls == 0);
+
+  // And again after a runtime has come and gone.
+  no_procs_env env;
+  gort::run(with_procs(1), [] {});
+  CHECK_THROWS_AS(gort::go(body), std::logic_error);
+  CHECK_THROWS_AS(gort::spawn(body), std::logic_error);
+  CHECK_THROWS_AS(gort::thread(body), std::logic_error);
+  CHECK(calls == 0);
+}
+
+TEST_CASE("a foreign thread spawns and joins a task", "[sched][foreign][task]") {
+  no_procs_env env;
+  const auto r = gort::run(with_procs(2), [] {
+    long sum = 0;
+    std::thread t([&sum] {
+      std::vector<gort::task<long>> tasks;
+      for (long i = 1; i <= 100; ++i) tasks.push_back(gort::spawn([i] { return i * i; }));
+      for (auto& tk : tasks) sum += tk.join();  // blocks this OS thread, not a P
+    });
+    t.join();  // blocks the main G's M; the other P runs the tasks
+    return sum;
+  });
+  CHECK(r == 100 * 101 * 201 / 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tasks
+
+namespace {
+long tree_sum(int depth, long index) {
+  if (depth == 0) return index;
+  auto left = gort::spawn(tree_sum, depth - 1, 2 * index);
+  auto right = gort::spawn(tree_sum, depth - 1, 2 * index + 1);
+  return left.join() + right.join();
+}
+}  // namespace
+
+TEST_CASE("nested spawn/join trees compute the right sum", "[sched][task]") {
+  no_procs_env env;
+  const unsigned procs = GENERATE(1u, 4u);
+  CAPTURE(procs);
+  // 2^15 Gs, nearly all alive at once (parked in join); under TSan 2^12 (see max_in_flight).
+  constexpr int depth = tsan_build ? 11 : 14;
+  constexpr long leaves = 1L << depth;
+  const long sum = gort::run(with_procs(procs), [] { return tree_sum(depth, 0); });
+  CHECK(sum == leaves * (leaves - 1) / 2);
+}
+
+TEST_CASE("tasks carry values of every kind", "[sched][task]") {
+  no_procs_env env;
+  struct results {
+    int i = 0;
+    std::string s;
+    std::unique_ptr<int> u;
+    bool void_ran = false;
+    int* ref_addr = nullptr;
+    const std::string* cref_addr = nullptr;
+    int moved_arg = 0;
+    bool valid_before = false, valid_after = true;
+    bool ids_distinct = false;
+  };
+  static int target = 7;
+  static const std::string ctarget = "const ref";
+  results r = gort::run(with_procs(2), [] {
+    results out;
+    auto ti = gort::spawn([] { return 6 * 7; });
+    auto ts = gort::spawn([](std::string a, const char* b) { return a + b; }, std::string("ab"), "cd");
+    auto tu = gort::spawn([] { return std::make_unique<int>(99); });
+    std::atomic<bool> ran{false};
+    auto tv = gort::spawn([&ran] { ran = true; });
+    auto tr = gort::spawn([]() -> int& { return target; });
+    auto tc = gort::spawn([]() -> const std::string& { return ctarget; });
+    auto tm = gort::spawn([](std::unique_ptr<int> p) { return *p + 1; }, std::make_unique<int>(41));
+    static_assert(std::is_same_v<decltype(ti), gort::task<int>>);
+    static_assert(std::is_same_v<decltype(tu), gort::task<std::unique_ptr<int>>>);
+    static_assert(std::is_same_v<decltype(tv), gort::task<void>>);
+    static_assert(std::is_same_v<decltype(tr), gort::task<int&>>);
+    static_assert(std::is_same_v<decltype(tc), gort::task<const std::string&>>);
+    out.valid_before = ti.valid() && ts.valid() && tu.valid() && tv.valid() && tr.valid();
+    out.ids_distinct = ti.id() != 0 && ti.id() != ts.id() && ts.id() != tu.id();
+    out.i = ti.join();
+    out.s = ts.join();
+    out.u = tu.join();
+    tv.join();
+    out.void_ran = ran.load();
+    out.ref_addr = &tr.join();
+    out.cref_addr = &tc.join();
+    out.moved_arg = tm.join();
+    out.valid_after = ti.valid() || ts.valid() || tu.valid() || tv.valid() || tr.valid() || tc.valid();
+    return out;
+  });
+  CHECK(r.i == 42);
+  CHECK(r.s == "abcd");
+  REQUIRE(r.u);
+  CHECK(*r.u == 99);
+  CHECK(r.void_ran);
+  CHECK(r.ref_addr == &target);
+  CHECK(r.cref_addr == &ctarget);
+  CHECK(r.moved_arg == 42);
+  CHECK(r.valid_before);
+  CHECK_FALSE(r.valid_after);
+  CHECK(r.ids_distinct);
+}
+
+namespace {
+struct custom_error : std::runtime_error {
+  int code;
+  custom_error(const char* what, int c) : std::runtime_error(what), code(c) {}
+};
+}  // namespace
+
+TEST_CASE("join rethrows the G's exception; join misuse throws logic_error", "[sched][task]") {
+  no_procs_env env;
+  struct results {
+    std::string what;
+    int code = 0;
+    bool caught_custom = false;
+    bool int_thrown = false;
+    std::string after_error;
+    int second_join = 0;  // 1: logic_error
+    int empty_join = 0;
+    int moved_from_join = 0;
+    int moved_to = 0;
+  };
+  const results r = gort::run(with_procs(2), [] {
+    results out;
+    auto t = gort::spawn([]() -> int { throw custom_error("kaboom: the G failed", 17); });
+    try {
+      (void)t.join();
+    } catch (const custom_error& e) {
+      out.caught_custom = true;
+      out.what = e.what();
+      out.code = e.code;
+    }
+    auto ti = gort::spawn([] { throw 5; });
+    try {
+      ti.join();
+    } catch (int v) {
+      out.int_thrown = v == 5;
+    }
+    // The runtime is fine afterwards.
+    out.after_error = gort::spawn([] { return std::string("still running"); }).join();
+
+    auto tj = gort::spawn([] { return 1; });
+    (void)tj.join();
+    try {
+      (void)tj.join();
+    } catch (const std::logic_error&) {
+      out.second_join = 1;
+    }
+    gort::task<int> empty;
+    try {
+      (void)empty.join();
+    } catch (const std::logic_error&) {
+      out.empty_join = 1;
+    }
+    auto ta = gort::spawn([] { return 3; });
+    gort::task<int> tb = std::move(ta);
+    try {
+      (void)ta.join();
+    } catch (const std::logic_error&) {
+      out.moved_from_join = 1;
+    }
+    gort::task<int> tc;
+    tc = std::move(tb);
+    out.moved_to = tc.join();
+    return out;
+  });
+  CHECK(r.caught_custom);
+  CHECK(r.what == "kaboom: the G failed");
+  CHECK(r.code == 17);
+  CHECK(r.int_thrown);
+  CHECK(r.after_error == "still running");
+  CHECK(r.second_join == 1);
+  CHECK(r.empty_join == 1);
+  CHECK(r.moved_from_join == 1);
+  CHECK(r.moved_to == 3);
+}
+
+TEST_CASE("a task destroyed unjoined detaches its G, which still runs", "[sched][task]") {
+  no_procs_env env;
+  gort::wait_group wg;
+  const int ran = gort::run(with_procs(2), [&] {
+    std::atomic<int> count{0};
+    wg.add(100);
+    for (int i = 0; i < 100; ++i) {
+      auto t = gort::spawn([&] {
+        for (int k = 0; k < 3; ++k) gort::yield();
+        count.fetch_add(1);
+        wg.done();
+        return std::string(64, 'x');  // a result nobody collects
+      });
+      (void)t;  // destroyed here, unjoined
+    }
+    wg.wait();
+    return count.load();
+  });
+  CHECK(ran == 100);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migration between Ms
+
+TEST_CASE("a G sees a consistent runtime state after moving between Ms", "[sched][migrate]") {
+  no_procs_env env;
+  constexpr int ngs = 64;
+  const long iters = std::max(10'000 / test_scale(), 100L);
+  struct results {
+    long inconsistent = 0;
+    long migrations = 0;   // yields after which the G was on another M
+    int movers = 0;        // Gs that ran on more than one M
+    long total_yields = 0;
+  };
+  results total;
+  // Migrations need another M to take the G between two of its yields; that is near certain
+  // with 64 Gs on 4 Ps, but the consistency checks are what matter, so allow a few attempts for
+  // the migration itself.
+  for (int attempt = 0; attempt < 5 && total.migrations == 0; ++attempt) {
+    gort::wait_group wg;
+    const results r = gort::run(with_procs(4), [&, iters] {
+      std::atomic<long> bad{0}, moved{0}, yields{0};
+      std::atomic<int> movers{0};
+      wg.add(ngs);
+      for (int i = 0; i < ngs; ++i) {
+        gort::go([&, iters] {
+          gort::rt::g* const self = gort::rt::getg();
+          const std::uint64_t my_id = gort::detail::current_g_id();
+          if (!self || self->id != my_id || my_id == 0) bad.fetch_add(1);
+          gort::rt::m* prev = gort::rt::getm();
+          long my_moves = 0;
+          for (long k = 0; k < iters; ++k) {
+            gort::yield();
+            gort::rt::m* mp = gort::rt::getm();
+            gort::rt::g* gp = gort::rt::getg();
+            if (!mp || !gp || gp != self || gp->id != gort::detail::current_g_id() ||
+                gp->id != my_id || mp->curg != gp || gp->curm != mp || !mp->curp ||
+                mp->curp->curm != mp ||
+                gp->status.load(std::memory_order_relaxed) != gort::rt::gstatus::running)
+              bad.fetch_add(1, relaxed);
+            if (mp != prev) ++my_moves;
+            prev = mp;
+          }
+          moved.fetch_add(my_moves);
+          yields.fetch_add(iters);
+          if (my_moves) movers.fetch_add(1);
+          wg.done();
+        });
+      }
+      wg.wait();
+      return results{bad.load(), moved.load(), movers.load(), yields.load()};
+    });
+    total.inconsistent += r.inconsistent;
+    total.migrations += r.migrations;
+    total.movers += r.movers;
+    total.total_yields += r.total_yields;
+  }
+  CAPTURE(total.migrations, total.movers, total.total_yields);
+  CHECK(total.inconsistent == 0);
+  CHECK(total.migrations > 0);
+  CHECK(total.movers > 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+
+TEST_CASE("Gs alive when main_fn returns are abandoned; run works again", "[sched][shutdown]") {
+  no_procs_env env;
+  // On the heap and never freed: the abandoned G keeps pointers to them and must never touch
+  // them, but if it did, it should find them alive so the flag shows it.
+  static auto* never = new gort::wait_group;
+  static auto* woke = new std::atomic<bool>(false);
+  static auto* started = new std::atomic<bool>(false);
+
+  gort::wait_group go_on;
+  const bool parked = gort::run(with_procs(2), [&] {
+    never->add(1);
+    go_on.add(1);
+    gort::go([&go_on] {
+      started->store(true);
+      go_on.done();
+      never->wait();  // never released
+      woke->store(true);
+    });
+    go_on.wait();
+    return started->load();
+  });
+  CHECK(parked);
+  CHECK_FALSE(woke->load());
+
+  // A fresh runtime: the abandoned G is gone, not resumed, and the new one works.
+  gort::wait_group wg;
+  const long sum = gort::run(with_procs(2), [&] {
+    std::atomic<long> s{0};
+    wg.add(1000);
+    for (int i = 1; i <= 1000; ++i)
+      gort::go([&, i] {
+        s.fetch_add(i);
+        wg.done();
+      });
+    wg.wait();
+    return s.load();
+  });
+  CHECK(sum == 500500);
+  CHECK_FALSE(woke->load());
+}
+
+TEST_CASE("running, yielding and sleeping Gs do not hold up shutdown", "[sched][shutdown]") {
+  no_procs_env env;
+  const auto t0 = std::chrono::steady_clock::now();
+  gort::wait_group all_up;
+  const int started = gort::run(with_procs(4), [&] {
+    static std::atomic<int> up{0};  // static: abandoned Gs may still be running after return
+    up.store(0);
+    all_up.add(12);
+    for (int i = 0; i < 4; ++i)
+      gort::go([&all_up] {
+        up.fetch_add(1);
+        all_up.done();
+        for (;;) gort::yield();  // spins through the scheduler forever
+      });
+    for (int i = 0; i < 4; ++i)
+      gort::go([&all_up] {
+        up.fetch_add(1);
+        all_up.done();
+        gort::sleep_for(std::chrono::hours(1));
+      });
+    for (int i = 0; i < 4; ++i)
+      gort::go([&all_up] {
+        up.fetch_add(1);
+        all_up.done();
+        auto t = gort::spawn([] { gort::sleep_for(std::chrono::hours(2)); });
+        t.join();  // parked on a join that never completes
+      });
+    all_up.wait();
+    return up.load();
+  });
+  const auto elapsed = std::chrono::steady_clock::now() - t0;
+  CHECK(started == 12);
+  // Generous: shutdown only has to notice; an hour-long sleep must not be waited out.
+  CHECK(elapsed < std::chrono::seconds(60));
+
+  // And the next runtime is unaffected.
+  CHECK(gort::run(with_procs(2), [] { return gort::spawn([] { return 11; }).join(); }) == 11);
+}
+
+// Known bug (hidden: run with "[.bug]"). Under TSan with GORT_TEST_UNSUPPRESS=1 this reports a
+// data race between mexit() (proc.cpp, reading every P's home/heap) on one M and acquirep()
+// (proc.cpp, the first holder of a P writing home/heap) on an M that startm created just
+// before shutdown. Natively it passes: the race is benign in practice, but it is undefined
+// behaviour and it drowns every TSan run of the runtime.
+TEST_CASE("Ms exiting at shutdown race with an M taking its first P", "[sched][shutdown][.bug]") {
+  no_procs_env env;
+  long sum = 0;
+  for (int round = 0; round < 200; ++round) {
+    // Spawning wakes idle Ps (startm creates Ms for them); returning at once starts shutdown
+    // while those Ms are still starting.
+    sum += gort::run(with_procs(4), [] {
+      for (int i = 0; i < 8; ++i) gort::go([] {});
+      return 1L;
+    });
+  }
+  CHECK(sum == 200);
+}
+
+TEST_CASE("run while a runtime runs throws logic_error", "[sched][run]") {
+  no_procs_env env;
+  struct results {
+    bool from_main_g = false;
+    bool from_other_g = false;
+    bool from_thread = false;
+    std::string what;
+  };
+  const results r = gort::run(with_procs(2), [] {
+    results out;
+    try {
+      gort::run([] { return 1; });
+    } catch (const std::logic_error& e) {
+      out.from_main_g = true;
+      out.what = e.what();
+    }
+    out.from_other_g = gort::spawn([] {
+                         try {
+                           gort::run(with_procs(1), [] {});
+                         } catch (const std::logic_error&) {
+                           return true;
+                         }
+                         return false;
+                       }).join();
+    std::thread t([&out] {
+      try {
+        gort::run([] {});
+      } catch (const std::logic_error&) {
+        out.from_thread = true;
+      }
+    });
+    t.join();
+    return out;
+  });
+  CHECK(r.from_main_g);
+  CHECK(r.from_other_g);
+  CHECK(r.from_thread);
+  CHECK_THAT(r.what, ContainsSubstring("already running"));
+  // The failed attempts did not disturb anything.
+  CHECK(gort::run(with_procs(1), [] { return 3; }) == 3);
+}
+
+TEST_CASE("configuration errors throw invalid_argument", "[sched][config]") {
+  no_procs_env env;
+  bool ran = false;
+  auto body = [&ran] { ran = true; };
+
+  gort::config big;
+  big.procs = 5000;
+  CHECK_THROWS_AS(gort::run(big, body), std::invalid_argument);
+  CHECK_THROWS_WITH(gort::run(big, body), ContainsSubstring("5000"));
+
+  gort::config tiny_stack;
+  tiny_stack.stack_size = 1000;
+  CHECK_THROWS_AS(gort::run(tiny_stack, body), std::invalid_argument);
+
+  gort::config odd_stack;
+  odd_stack.stack_size = 64 * 1024 + 1;  // not a page multiple
+  CHECK_THROWS_AS(gort::run(odd_stack, body), std::invalid_argument);
+
+  CHECK_FALSE(ran);
+
+  gort::config max_ok;
+  max_ok.procs = 4096;  // the limit itself is allowed
+  CHECK(gort::run(max_ok, [] { return gort::procs(); }) == 4096);
+
+  gort::config small_ok;
+  small_ok.procs = 1;
+  small_ok.stack_size = 16 * 1024;  // the minimum
+  CHECK(gort::run(small_ok, [] { return gort::spawn([] { return 2; }).join(); }) == 2);
+
+  // The runtime still starts after all of that.
+  gort::run(with_procs(1), body);
+  CHECK(ran);
+}
+
+TEST_CASE("GORT_PROCS overrides config.procs", "[sched][config]") {
+  no_procs_env env;
+  setenv("GORT_PROCS", "3", 1);
+  const unsigned a = gort::run(with_procs(1), [] { return gort::procs(); });
+  const unsigned b = gort::run(gort::config{}, [] { return gort::procs(); });
+  setenv("GORT_PROCS", "0", 1);
+  CHECK_THROWS_AS(gort::run(with_procs(1), [] {}), std::invalid_argument);
+  setenv("GORT_PROCS", "two", 1);
+  CHECK_THROWS_AS(gort::run(with_procs(1), [] {}), std::invalid_argument);
+  setenv("GORT_PROCS", "5000", 1);
+  CHECK_THROWS_AS(gort::run(with_procs(1), [] {}), std::invalid_argument);
+  unsetenv("GORT_PROCS");
+  const unsigned c = gort::run(with_procs(1), [] { return gort::procs(); });
+  CHECK(a == 3);
+  CHECK(b == 3);
+  CHECK(c == 1);
+}
+
+TEST_CASE("procs = 0 means every allowed CPU; more Ps than CPUs are allowed", "[sched][config]") {
+  no_procs_env env;
+  const unsigned cpus = gort::run(gort::config{}, [] { return gort::procs(); });
+  CHECK(cpus >= 1);
+  CHECK(cpus == gort::rt::allowed_cpus());
+
+  gort::wait_group wg;
+  const auto r = gort::run(with_procs(16), [&] {
+    std::atomic<long> s{0};
+    wg.add(1000);
+    for (int i = 0; i < 1000; ++i)
+      gort::go([&, i] {
+        if (i % 4 == 0) gort::yield();
+        s.fetch_add(i);
+        wg.done();
+      });
+    wg.wait();
+    return std::make_pair(gort::procs(), s.load());
+  });
+  CHECK(r.first == 16);
+  CHECK(r.second == 999 * 1000 / 2);
+}
+
+TEST_CASE("procs() outside a runtime throws logic_error", "[sched][config]") {
+  CHECK_THROWS_AS(gort::procs(), std::logic_error);
+  no_procs_env env;
+  gort::run(with_procs(1), [] {});
+  CHECK_THROWS_AS(gort::procs(), std::logic_error);
+  bool thrown = false;
+  std::thread t([&] {
+    try {
+      gort::procs();
+    } catch (const std::logic_error&) {
+      thrown = true;
+    }
+  });
+  t.join();
+  CHECK(thrown);
+}
+
+TEST_CASE("an exception escaping a go'd G ends the process with a diagnostic", "[sched][go]") {
+  const child_outcome r = run_in_child([] {
+    unsetenv("GORT_PROCS");
+    gort::run(with_procs(2), [] {
+      gort::wait_group forever;
+      forever.add(1);
+      gort::go([] {
+        gort::yield();
+        throw std::runtime_error("boom");
+      });
+      forever.wait();
+    });
+    std::fprintf(stderr, "run returned\n");
+  });
+  INFO("child output:\n" << r.output);
+  REQUIRE(WIFSIGNALED(r.status));
+  CHECK(WTERMSIG(r.status) == SIGABRT);
+  CHECK_THAT(r.output, ContainsSubstring("gort: G "));
+  CHECK_THAT(r.output, ContainsSubstring("terminated by exception: boom"));
+}
+
+TEST_CASE("run returns main_fn's value and rethrows its exception", "[sched][run]") {
+  no_procs_env env;
+  CHECK(gort::run(with_procs(1), [] { return 42; }) == 42);
+  CHECK(gort::run(with_procs(2), [] { return std::string("from the main G"); }) == "from the main G");
+  auto up = gort::run(with_procs(1), [] { return std::make_unique<int>(8); });
+  REQUIRE(up);
+  CHECK(*up == 8);
+  static int where = 0;
+  int& ref = gort::run(with_procs(1), []() -> int& { return where; });
+  CHECK(&ref == &where);
+  bool ran = false;
+  gort::run(with_procs(1), [&ran] { ran = true; });
+  CHECK(ran);
+  // A mutable callable is called as the non-const object it is (passed as an rvalue: see the
+  // report on lvalue callables).
+  struct counter {
+    int n = 0;
+    int operator()() { return ++n; }
+  };
+  CHECK(gort::run(with_procs(1), counter{}) == 1);
+
+  try {
+    gort::run(with_procs(2), []() -> int { throw custom_error("main failed", 9); });
+    FAIL("run did not rethrow");
+  } catch (const custom_error& e) {
+    CHECK(std::string(e.what()) == "main failed");
+    CHECK(e.code == 9);
+  }
+  CHECK_THROWS_AS(gort::run(with_procs(1), [] { throw 1.5; }), double);
+  // And the runtime is reusable after an exception.
+  CHECK(gort::run(with_procs(1), [] { return gort::procs(); }) == 1);
+}
+
+namespace {
+// Runs 10,000 Gs on 2 pinned Ps; returns the runtime's procs() and the "ran once" report.
+std::pair<unsigned, once_report> run_pinned(gort::pin_policy policy) {
+  const long n = 10'000;
+  std::vector<std::atomic<std::uint8_t>> ran(n);
+  gort::wait_group wg;
+  const unsigned procs = gort::run(with_procs(2, policy), [&] {
+    wg.add(static_cast<int>(n));
+    for (long i = 0; i < n; ++i)
+      gort::go([&ran, &wg, i] {
+        ran[static_cast<std::size_t>(i)].fetch_add(1, relaxed);
+        if (i % 8 == 0) gort::yield();
+        wg.done();
+      });
+    wg.wait();
+    return gort::procs();
+  });
+  return {procs, check_once(ran)};
+}
+}  // namespace
+
+TEST_CASE("pin_policy::compact runs Gs correctly", "[sched][pin]") {
+  no_procs_env env;
+  const auto [procs, r] = run_pinned(gort::pin_policy::compact);
+  CHECK(procs == 2);
+  CAPTURE(r.first_wrong, r.first_value);
+  CHECK(r.wrong == 0);
+}
+
+// Known bug, seen only under ASan (LeakSanitizer): place_procs (pin.cpp) allocates the bitmaps
+// it passes to hwloc_distrib, which overwrites every entry with a bitmap of its own
+// (hwloc_bitmap_dup), so the pre-allocated ones leak: one bitmap (24 + 64 bytes) per P per
+// runtime started with pin_policy::spread. The test itself passes; the leak report at exit
+// fails the ASan run, so there it is hidden behind "[.bug]".
+#if defined(__SANITIZE_ADDRESS__)
+#define SPREAD_TAGS "[sched][pin][.bug]"
+#else
+#define SPREAD_TAGS "[sched][pin]"
+#endif
+TEST_CASE("pin_policy::spread runs Gs correctly", SPREAD_TAGS) {
+  no_procs_env env;
+  const auto [procs, r] = run_pinned(gort::pin_policy::spread);
+  CHECK(procs == 2);
+  CAPTURE(r.first_wrong, r.first_value);
+  CHECK(r.wrong == 0);
+}
