@@ -941,10 +941,6 @@ unsigned procs_from(const config& cfg) {
 }
 
 void teardown() {
-  if (std::getenv("GORT_DEBUG_ALLG")) {
-    std::fprintf(stderr, "gort: debug: %zu Gs created, %zu Ms\n", sched.allg.size(), sched.ms.size());
-    for (p* pp : sched.ps) std::fprintf(stderr, "  P%u schedtick %u\n", pp->id, pp->schedtick);
-  }
   for (g* gp : sched.allg) gp->fib.destroy();
   sched.allg.clear();
   for (p* pp : sched.ps) {

@@ -93,7 +93,7 @@ void echo_entry(transfer t) {
 TEST_CASE("10 million switches pass the right values each way", "[context]") {
   test_stack st;
   ctx peer = gort_make(st.top(), echo_entry);
-  const std::uint64_t n = 5'000'000;  // round trips: 10M switches
+  const std::uint64_t n = 5'000'000 / static_cast<std::uint64_t>(test_scale());  // 10M switches
   std::uint64_t bad = 0;
   for (std::uint64_t i = 1; i <= n; ++i) {
     transfer t = gort_jump(peer, reinterpret_cast<void*>(i));
