@@ -12,9 +12,14 @@
 #include <string>
 #include <system_error>
 
+#include "gort_build_config.h"
 #include "overflow.hpp"
 #include "pin.hpp"
 #include "sched.hpp"
+
+#if GORT_HAVE_VALGRIND
+#include <valgrind/valgrind.h>
+#endif
 
 namespace gort::rt {
 
@@ -170,7 +175,7 @@ bool mremove(m* mp) {
 void acquirep(m* mp, p* pp) {
   mp->curp = pp;
   pp->curm = mp;
-  if (!pp->home) {
+  if (!pp->home && !sched.system_alloc) {
     // First M to hold this P becomes its home: the heap is created (and so owned) here.
     pp->home = mp;
     pp->heap = reinterpret_cast<mi_heap_s*>(mi_heap_new());
@@ -787,14 +792,18 @@ void wait_on(waiter& w, const char* reason, transition unlock) noexcept {
 void* alloc(std::size_t n) {
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
-  void* r = (pp && pp->home == mp && pp->heap)
+  void* r = sched.system_alloc ? std::malloc(n)
+            : (pp && pp->home == mp && pp->heap)
                 ? mi_heap_malloc(reinterpret_cast<mi_heap_t*>(pp->heap), n)
                 : mi_malloc(n);
   if (!r) throw std::bad_alloc();
   return r;
 }
 
-void free_mem(void* ptr) noexcept { mi_free(ptr); }
+void free_mem(void* ptr) noexcept {
+  if (sched.system_alloc) std::free(ptr);
+  else mi_free(ptr);
+}
 
 void timer_armed(std::int64_t when) { timer_poke(when); }
 
@@ -976,6 +985,11 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
 
   install_overflow_handler();
   sched.cfg = cfg;
+#if GORT_HAVE_VALGRIND
+  // Memcheck tracks malloc/free, not mimalloc's heap API: under Valgrind the runtime allocates
+  // with malloc so that its checks see every block.
+  sched.system_alloc = RUNNING_ON_VALGRIND != 0;
+#endif
   sched.stacks = pool.release();
   sched.stack_size = cfg.stack_size;
   sched.frame_budget = cfg.stack_size / 4;

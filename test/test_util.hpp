@@ -8,6 +8,11 @@
 #include <new>
 #include <string>
 
+#include "gort_build_config.h"
+#if GORT_HAVE_VALGRIND
+#include <valgrind/valgrind.h>
+#endif
+
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #define TEST_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
@@ -19,6 +24,7 @@
 struct test_stack {
   static constexpr std::size_t size = 64 * 1024;
   char* lo = nullptr;
+  unsigned vg_id = 0;
   test_stack() {
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
@@ -26,11 +32,18 @@ struct test_stack {
     // Raw arch-level switches are invisible to ASan: shadow left by an earlier stack at this
     // address would read as poisoned frames.
     TEST_UNPOISON(lo, size);
+#if GORT_HAVE_VALGRIND
+    vg_id = VALGRIND_STACK_REGISTER(lo, lo + size);  // so memcheck follows the switches
+#endif
   }
-  test_stack(test_stack&& o) noexcept : lo(o.lo) { o.lo = nullptr; }
+  test_stack(test_stack&& o) noexcept : lo(o.lo), vg_id(o.vg_id) { o.lo = nullptr; }
   test_stack(const test_stack&) = delete;
   ~test_stack() {
-    if (lo) munmap(lo, size);
+    if (!lo) return;
+#if GORT_HAVE_VALGRIND
+    VALGRIND_STACK_DEREGISTER(vg_id);
+#endif
+    munmap(lo, size);
   }
   void* top() const { return lo + size; }
   bool contains(const void* p) const {
