@@ -10,22 +10,13 @@
 // Usage: fib [n=32] [procs=1] [cutoff=12]
 #include <gort/gort.hpp>
 
+#include "args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 
 namespace {
-
-long arg(int argc, char** argv, int i, long def) {
-  if (argc <= i) return def;
-  char* end = nullptr;
-  long v = std::strtol(argv[i], &end, 10);
-  if (*argv[i] == '\0' || *end != '\0' || v < 0) {
-    std::fprintf(stderr, "fib: bad argument '%s'\n", argv[i]);
-    std::exit(2);
-  }
-  return v;
-}
 
 long fib_serial(int n) { return n < 2 ? n : fib_serial(n - 1) + fib_serial(n - 2); }
 
@@ -39,9 +30,9 @@ long fib(int n, int cutoff) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int n = static_cast<int>(arg(argc, argv, 1, 32));
-  unsigned procs = static_cast<unsigned>(arg(argc, argv, 2, 1));
-  const int cutoff = static_cast<int>(arg(argc, argv, 3, 12));
+  const int n = static_cast<int>(bench_arg("fib", argc, argv, 1, 32, 0));
+  unsigned procs = static_cast<unsigned>(bench_arg("fib", argc, argv, 2, 1, 0));
+  const int cutoff = static_cast<int>(bench_arg("fib", argc, argv, 3, 12, 0));
   if (procs < 1) procs = 1;
 
   return gort::run(gort::config{.procs = procs}, [&] {

@@ -3,6 +3,8 @@
 // Usage: parked [n=100000] [procs=2]
 #include <gort/gort.hpp>
 
+#include "args.hpp"
+
 #include <unistd.h>
 
 #include <chrono>
@@ -11,17 +13,6 @@
 #include <string>
 
 namespace {
-
-long arg(int argc, char** argv, int i, long def) {
-  if (argc <= i) return def;
-  char* end = nullptr;
-  long v = std::strtol(argv[i], &end, 10);
-  if (*argv[i] == '\0' || *end != '\0' || v <= 0) {
-    std::fprintf(stderr, "parked: bad argument '%s'\n", argv[i]);
-    std::exit(2);
-  }
-  return v;
-}
 
 // statm rather than getrusage: ru_maxrss is a high-water mark, and we want the current value.
 long rss_bytes() {
@@ -45,8 +36,8 @@ std::string label(long n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const long n = arg(argc, argv, 1, 100'000);
-  const auto procs = static_cast<unsigned>(arg(argc, argv, 2, 2));
+  const long n = bench_arg("parked", argc, argv, 1, 100'000);
+  const auto procs = static_cast<unsigned>(bench_arg("parked", argc, argv, 2, 2));
 
   return gort::run(gort::config{.procs = procs}, [&] {
     gort::wait_group started, release, finished;

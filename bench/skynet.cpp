@@ -4,6 +4,8 @@
 // Usage: skynet [leaves=1000000] [procs=2]   (leaves must be a power of 10)
 #include <gort/gort.hpp>
 
+#include "args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -12,17 +14,6 @@
 namespace {
 
 constexpr long fanout = 10;
-
-long arg(int argc, char** argv, int i, long def) {
-  if (argc <= i) return def;
-  char* end = nullptr;
-  long v = std::strtol(argv[i], &end, 10);
-  if (*argv[i] == '\0' || *end != '\0' || v <= 0) {
-    std::fprintf(stderr, "skynet: bad argument '%s'\n", argv[i]);
-    std::exit(2);
-  }
-  return v;
-}
 
 long skynet(long num, long size) {
   if (size == 1) return num;
@@ -40,8 +31,8 @@ long skynet(long num, long size) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const long leaves = arg(argc, argv, 1, 1'000'000);
-  const auto procs = static_cast<unsigned>(arg(argc, argv, 2, 2));
+  const long leaves = bench_arg("skynet", argc, argv, 1, 1'000'000);
+  const auto procs = static_cast<unsigned>(bench_arg("skynet", argc, argv, 2, 2));
   for (long p = leaves; p > 1; p /= fanout) {
     if (p % fanout != 0) {
       std::fprintf(stderr, "skynet: leaves (%ld) must be a power of %ld\n", leaves, fanout);

@@ -4,28 +4,15 @@
 // Usage: spawn [n=1000000] [procs=2]
 #include <gort/gort.hpp>
 
+#include "args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 
-namespace {
-
-long arg(int argc, char** argv, int i, long def) {
-  if (argc <= i) return def;
-  char* end = nullptr;
-  long v = std::strtol(argv[i], &end, 10);
-  if (*argv[i] == '\0' || *end != '\0' || v <= 0) {
-    std::fprintf(stderr, "spawn: bad argument '%s'\n", argv[i]);
-    std::exit(2);
-  }
-  return v;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  const long n = arg(argc, argv, 1, 1'000'000);
-  const auto procs = static_cast<unsigned>(arg(argc, argv, 2, 2));
+  const long n = bench_arg("spawn", argc, argv, 1, 1'000'000);
+  const auto procs = static_cast<unsigned>(bench_arg("spawn", argc, argv, 2, 2));
 
   return gort::run(gort::config{.procs = procs}, [&] {
     gort::wait_group wg;

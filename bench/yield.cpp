@@ -3,28 +3,15 @@
 // Usage: yield [total_yields=10000000] [procs=1]
 #include <gort/gort.hpp>
 
+#include "args.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 
-namespace {
-
-long arg(int argc, char** argv, int i, long def) {
-  if (argc <= i) return def;
-  char* end = nullptr;
-  long v = std::strtol(argv[i], &end, 10);
-  if (*argv[i] == '\0' || *end != '\0' || v <= 0) {
-    std::fprintf(stderr, "yield: bad argument '%s'\n", argv[i]);
-    std::exit(2);
-  }
-  return v;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  const long total = arg(argc, argv, 1, 10'000'000);
-  const auto procs = static_cast<unsigned>(arg(argc, argv, 2, 1));
+  const long total = bench_arg("yield", argc, argv, 1, 10'000'000);
+  const auto procs = static_cast<unsigned>(bench_arg("yield", argc, argv, 2, 1));
 
   return gort::run(gort::config{.procs = procs}, [&] {
     const long per = total / 2;

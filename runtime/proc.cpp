@@ -509,20 +509,21 @@ top:
 // Null means "go to g0" (nothing local, or the runtime is stopping).
 g* fast_next(p* pp) {
   if (sched.state.load(std::memory_order_relaxed) != 1) return nullptr;
-  ++pp->schedtick;
   std::int64_t now = 0;
   check_timers(pp, now);
   bool inherit;
-  if (pp->schedtick % global_check_period == 0) {
+  const bool alone = sched.nprocs == 1;
+  if (--pp->global_countdown == 0) {
     // Fairness: the global queue, then the ring's head before runnext, so neither spilled Gs
     // nor the ring starve behind a pair of Gs readying each other through runnext.
+    pp->global_countdown = global_check_period;
     if (sched.nglobal.load(std::memory_order_relaxed)) {
       std::lock_guard<spinlock> l(sched.lock);
       if (g* gp = globrunqget(pp, 1)) return gp;
     }
-    if (g* gp = pp->q.get_ring()) return gp;
+    if (g* gp = pp->q.get_ring(alone)) return gp;
   }
-  return pp->q.get(inherit);
+  return pp->q.get(inherit, alone);
 }
 
 void execute_on(m* mp, g* next) {

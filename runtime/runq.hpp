@@ -49,18 +49,27 @@ class runq {
   g* put_next(g* gp) noexcept { return next_.exchange(gp, std::memory_order_acq_rel); }
 
   // Owner only. Takes runnext first (inherit_time = true), then the ring's head.
-  g* get(bool& inherit_time) noexcept {
+  g* get(bool& inherit_time, bool alone = false) noexcept {
     g* n = next_.load(std::memory_order_relaxed);
     if (n && next_.compare_exchange_strong(n, nullptr, std::memory_order_acquire)) {
       inherit_time = true;
       return n;
     }
     inherit_time = false;
-    return get_ring();
+    return get_ring(alone);
   }
 
-  // Owner only: the ring's head, skipping runnext (fairness, see fast_next).
-  g* get_ring() noexcept {
+  // Owner only: the ring's head, skipping runnext (fairness, see fast_next). With `alone`
+  // (the runtime has a single P, so no thief can exist) the claim is a plain store instead of a
+  // CAS: the only other readers are Ms without a P checking emptiness.
+  g* get_ring(bool alone = false) noexcept {
+    if (alone) {
+      std::uint32_t h = head_.load(std::memory_order_relaxed);
+      if (tail_.load(std::memory_order_relaxed) == h) return nullptr;
+      g* gp = buf_[h % size].load(std::memory_order_relaxed);
+      head_.store(h + 1, std::memory_order_release);
+      return gp;
+    }
     for (;;) {
       std::uint32_t h = head_.load(std::memory_order_acquire);
       std::uint32_t t = tail_.load(std::memory_order_relaxed);

@@ -81,7 +81,8 @@ struct p {
   m* curm = nullptr;  // the M holding this P, if any
   p* link = nullptr;  // idle list, under sched.lock
   runq q;
-  std::uint32_t schedtick = 0;  // incremented on every schedule: drives the 1-in-61 fairness
+  // Schedules until the next look at the global queue (the 1-in-61 fairness rule, fast_next).
+  std::uint32_t global_countdown = 61;
 
   // Dead Gs, stacks attached, ready for reuse: this is both the G-descriptor cache and the
   // stack cache (a G lives in its stack). Owned by the P: no locks.

@@ -5,23 +5,11 @@ package main
 
 import (
 	"fmt"
+	"gortbench/internal/args"
 	"os"
 	"runtime"
-	"strconv"
 	"time"
 )
-
-func intArg(i int, def int64) int64 {
-	if len(os.Args) <= i {
-		return def
-	}
-	v, err := strconv.ParseInt(os.Args[i], 10, 64)
-	if err != nil || v < 0 {
-		fmt.Fprintf(os.Stderr, "fib: bad argument %q\n", os.Args[i])
-		os.Exit(2)
-	}
-	return v
-}
 
 func fibSerial(n int) int64 {
 	if n < 2 {
@@ -43,9 +31,9 @@ func fib(n, cutoff int) int64 {
 }
 
 func main() {
-	n := int(intArg(1, 32))
-	procs := int(intArg(2, 1))
-	cutoff := int(intArg(3, 12))
+	n := int(args.Int("fib", 1, 32, 0))
+	procs := int(args.Int("fib", 2, 1, 0))
+	cutoff := int(args.Int("fib", 3, 12, 0))
 	if procs < 1 {
 		procs = 1
 	}

@@ -6,24 +6,13 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"gortbench/internal/args"
 	"os"
 	"runtime"
 	"strconv"
 	"sync"
 	"time"
 )
-
-func intArg(i int, def int64) int64 {
-	if len(os.Args) <= i {
-		return def
-	}
-	v, err := strconv.ParseInt(os.Args[i], 10, 64)
-	if err != nil || v <= 0 {
-		fmt.Fprintf(os.Stderr, "parked: bad argument %q\n", os.Args[i])
-		os.Exit(2)
-	}
-	return v
-}
 
 // statm rather than getrusage: ru_maxrss is a high-water mark, and we want the current value.
 func rssBytes() int64 {
@@ -53,8 +42,8 @@ func label(n int64) string {
 }
 
 func main() {
-	n := intArg(1, 100_000)
-	procs := int(intArg(2, 2))
+	n := args.Int("parked", 1, 100_000, 1)
+	procs := int(args.Int("parked", 2, 2, 1))
 	runtime.GOMAXPROCS(procs)
 
 	var started, release, finished sync.WaitGroup

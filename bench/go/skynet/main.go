@@ -5,25 +5,13 @@ package main
 
 import (
 	"fmt"
+	"gortbench/internal/args"
 	"os"
 	"runtime"
-	"strconv"
 	"time"
 )
 
 const fanout = 10
-
-func intArg(i int, def int64) int64 {
-	if len(os.Args) <= i {
-		return def
-	}
-	v, err := strconv.ParseInt(os.Args[i], 10, 64)
-	if err != nil || v <= 0 {
-		fmt.Fprintf(os.Stderr, "skynet: bad argument %q\n", os.Args[i])
-		os.Exit(2)
-	}
-	return v
-}
 
 func skynet(out chan<- int64, num, size int64) {
 	if size == 1 {
@@ -43,8 +31,8 @@ func skynet(out chan<- int64, num, size int64) {
 }
 
 func main() {
-	leaves := intArg(1, 1_000_000)
-	procs := int(intArg(2, 2))
+	leaves := args.Int("skynet", 1, 1_000_000, 1)
+	procs := int(args.Int("skynet", 2, 2, 1))
 	runtime.GOMAXPROCS(procs)
 	for p := leaves; p > 1; p /= fanout {
 		if p%fanout != 0 {

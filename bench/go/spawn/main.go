@@ -5,28 +5,15 @@ package main
 
 import (
 	"fmt"
-	"os"
+	"gortbench/internal/args"
 	"runtime"
-	"strconv"
 	"sync"
 	"time"
 )
 
-func intArg(i int, def int64) int64 {
-	if len(os.Args) <= i {
-		return def
-	}
-	v, err := strconv.ParseInt(os.Args[i], 10, 64)
-	if err != nil || v <= 0 {
-		fmt.Fprintf(os.Stderr, "spawn: bad argument %q\n", os.Args[i])
-		os.Exit(2)
-	}
-	return v
-}
-
 func main() {
-	n := intArg(1, 1_000_000)
-	procs := int(intArg(2, 2))
+	n := args.Int("spawn", 1, 1_000_000, 1)
+	procs := int(args.Int("spawn", 2, 2, 1))
 	runtime.GOMAXPROCS(procs)
 
 	var wg sync.WaitGroup

@@ -4,28 +4,15 @@ package main
 
 import (
 	"fmt"
-	"os"
+	"gortbench/internal/args"
 	"runtime"
-	"strconv"
 	"sync"
 	"time"
 )
 
-func intArg(i int, def int64) int64 {
-	if len(os.Args) <= i {
-		return def
-	}
-	v, err := strconv.ParseInt(os.Args[i], 10, 64)
-	if err != nil || v <= 0 {
-		fmt.Fprintf(os.Stderr, "yield: bad argument %q\n", os.Args[i])
-		os.Exit(2)
-	}
-	return v
-}
-
 func main() {
-	total := intArg(1, 10_000_000)
-	procs := int(intArg(2, 1))
+	total := args.Int("yield", 1, 10_000_000, 1)
+	procs := int(args.Int("yield", 2, 1, 1))
 	runtime.GOMAXPROCS(procs)
 
 	per := total / 2
