@@ -12,7 +12,7 @@ namespace {
 inline g* as_g(gort::detail::gdesc* d) noexcept { return reinterpret_cast<g*>(d); }
 inline const g* as_g(const gort::detail::gdesc* d) noexcept { return reinterpret_cast<const g*>(d); }
 
-void sleep_fire(timer* t) { ready(static_cast<g*>(t->arg)); }
+void sleep_fire(timer* t) { ready(static_cast<g*>(t->arg), false); }
 
 // Arms the sleep timer once the G is off its stack, so the timer cannot ready it early.
 void sleep_commit(fiber* f, void*) {

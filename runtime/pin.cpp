@@ -64,8 +64,8 @@ std::vector<int> place_procs(pin_policy policy, unsigned n) {
   // spread: hwloc_distrib divides the machine recursively, so consecutive Ps land as far apart
   // as the tree allows. More Ps than PUs wrap around.
   unsigned per_round = n < static_cast<unsigned>(npu) ? n : static_cast<unsigned>(npu);
-  std::vector<hwloc_bitmap_t> sets(per_round);
-  for (auto& s : sets) s = hwloc_bitmap_alloc();
+  // hwloc_distrib allocates the sets itself (one hwloc_bitmap_dup each); we free them.
+  std::vector<hwloc_bitmap_t> sets(per_round, nullptr);
   hwloc_obj_t root = hwloc_get_root_obj(h.t);
   hwloc_distrib(h.t, &root, 1, sets.data(), per_round, INT_MAX, 0);
   std::vector<int> round;

@@ -730,12 +730,12 @@ void yield_commit(fiber* f, void* arg) {
 
 }  // namespace
 
-void ready(g* gp) noexcept {
+void ready(g* gp, bool next) noexcept {
   gp->status.store(gstatus::runnable, std::memory_order_release);
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
   if (pp) {
-    runqput(pp, gp, true);
+    runqput(pp, gp, next);
   } else {
     globrunqput(gp);
     std::atomic_thread_fence(std::memory_order_seq_cst);  // see wakep

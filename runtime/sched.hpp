@@ -183,7 +183,10 @@ inline g* getg() noexcept {
 }
 
 // The scheduler's entry points (proc.cpp).
-void ready(g* gp) noexcept;                            // make a waiting G runnable
+// Makes a waiting G runnable on the current P: into runnext by default (it runs next, with its
+// waker's data still in cache), or at the tail of the ring with next = false (timers: several
+// due at once must run in deadline order, not last-due first).
+void ready(g* gp, bool next = true) noexcept;
 void park(const char* reason, transition commit) noexcept;  // block the current G
 void yield_g() noexcept;
 void wake(waiter* w) noexcept;                         // wake a G or a thread waiter
