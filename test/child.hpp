@@ -3,6 +3,7 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,9 +20,10 @@ struct child_result {
 };
 
 // Runs f in a forked child (stdout and stderr captured, default actions for the fatal signals
-// that test frameworks intercept, no core dumps, a 300 s alarm). The child exits 0 if f returns.
+// that test frameworks intercept, no core dumps, an alarm after alarm_seconds so a hang ends in
+// SIGALRM). The child exits 0 if f returns, 3 if it throws; f may also end it itself.
 template <class F>
-child_result run_in_child(F&& f) {
+child_result run_in_child(F&& f, unsigned alarm_seconds = 300) {
   int fds[2];
   if (pipe(fds) != 0) std::abort();
   std::fflush(nullptr);
@@ -32,13 +34,21 @@ child_result run_in_child(F&& f) {
     dup2(fds[1], STDOUT_FILENO);
     dup2(fds[1], STDERR_FILENO);
     close(fds[1]);
-    for (int sig : {SIGSEGV, SIGBUS, SIGABRT}) signal(sig, SIG_DFL);
+    for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGALRM}) signal(sig, SIG_DFL);
     rlimit no_core{0, 0};
     setrlimit(RLIMIT_CORE, &no_core);
-    alarm(300);
-    f();
+    alarm(alarm_seconds);
+    // Leave with exit_group: _exit is intercepted by TSan, which turns the status into 66
+    // if the parent had reported anything before the fork. The status here is f's.
+    int code = 0;
+    try {
+      f();
+    } catch (...) {
+      code = 3;
+    }
     std::fflush(nullptr);
-    _exit(0);
+    syscall(SYS_exit_group, code);
+    _exit(code);  // not reached
   }
   close(fds[1]);
   child_result r;

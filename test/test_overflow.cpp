@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "child.hpp"
 #include "context.hpp"
 #include "overflow.hpp"
 #include "stack.hpp"
@@ -30,50 +31,6 @@ using gort::rt::stack_pool;
 namespace {
 
 const std::string expected_line = "gort: stack overflow in G 42 (stack 262144 bytes)";
-
-struct child_result {
-  int status = 0;
-  std::string err;
-};
-
-// Runs f in a forked child with stdout and stderr captured; f ends the child with _exit(code).
-template <class F>
-child_result in_child(F&& f) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  std::fflush(nullptr);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDOUT_FILENO);
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[1]);
-    // Catch2 handles these during a test case; the child starts from the default actions.
-    for (int sig : {SIGSEGV, SIGBUS, SIGABRT}) signal(sig, SIG_DFL);
-    rlimit no_core{0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    alarm(300);
-    f();
-    _exit(0);
-  }
-  close(fds[1]);
-  child_result r;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    r.err.append(buf, static_cast<std::size_t>(n));
-  }
-  close(fds[0]);
-  while (waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
-  }
-  return r;
-}
-
-bool died_by(const child_result& r, int sig) { return WIFSIGNALED(r.status) && WTERMSIG(r.status) == sig; }
-bool exited(const child_result& r, int code) { return WIFEXITED(r.status) && WEXITSTATUS(r.status) == code; }
 
 // The lines of stderr that are overflow reports (qemu and sanitizers add lines of their own).
 std::vector<std::string> reports(const std::string& err) {
@@ -122,9 +79,9 @@ void overflow_entry(gort::arch::transfer) {
 }
 
 void check_overflow_report(const child_result& r) {
-  INFO("child status " << r.status << ", stderr:\n" << r.err);
-  CHECK(died_by(r, SIGABRT));
-  const auto lines = reports(r.err);
+  INFO("child status " << r.status << ", stderr:\n" << r.out);
+  CHECK(r.died_by(SIGABRT));
+  const auto lines = reports(r.out);
   REQUIRE(lines.size() == 1);
   CHECK(lines[0] == expected_line);
 }
@@ -134,15 +91,15 @@ void check_overflow_report(const child_result& r) {
 TEST_CASE("an overflow into a MADV_GUARD_INSTALL guard is reported", "[overflow]") {
   if (!gort::rt::madvise_guard_works())
     SKIP("MADV_GUARD_INSTALL installs no faulting guard here (qemu-user, or Linux < 6.13)");
-  check_overflow_report(in_child([] { overflow_in_child(guard_mode::madvise); }));
+  check_overflow_report(run_in_child([] { overflow_in_child(guard_mode::madvise); }));
 }
 
 TEST_CASE("an overflow into an mprotect guard is reported", "[overflow]") {
-  check_overflow_report(in_child([] { overflow_in_child(guard_mode::mprotect); }));
+  check_overflow_report(run_in_child([] { overflow_in_child(guard_mode::mprotect); }));
 }
 
 TEST_CASE("an overflow on another thread is reported", "[overflow]") {
-  check_overflow_report(in_child([] {
+  check_overflow_report(run_in_child([] {
     const guard_mode m = gort::rt::madvise_guard_works() ? guard_mode::madvise : guard_mode::mprotect;
     std::thread t([m] { overflow_in_child(m); });
     t.join();
@@ -151,7 +108,7 @@ TEST_CASE("an overflow on another thread is reported", "[overflow]") {
 }
 
 TEST_CASE("an overflow is reported when another SIGSEGV handler was installed first", "[overflow]") {
-  check_overflow_report(in_child([] {
+  check_overflow_report(run_in_child([] {
     struct sigaction sa {};
     sa.sa_handler = [](int) { _exit(8); };
     sigaction(SIGSEGV, &sa, nullptr);
@@ -160,7 +117,7 @@ TEST_CASE("an overflow is reported when another SIGSEGV handler was installed fi
 }
 
 TEST_CASE("a fault outside any guard is not reported as an overflow", "[overflow]") {
-  const auto r = in_child([] {
+  const auto r = run_in_child([] {
     gort::rt::install_overflow_handler();
     gort::rt::ensure_altstack();
     // A live pool with guards, so the registry is not empty.
@@ -173,13 +130,13 @@ TEST_CASE("a fault outside any guard is not reported as an overflow", "[overflow
     *static_cast<volatile char*>(q) = 1;
     _exit(0);
   });
-  INFO("child status " << r.status << ", stderr:\n" << r.err);
-  CHECK(died_by(r, SIGSEGV));
-  CHECK(reports(r.err).empty());
+  INFO("child status " << r.status << ", stderr:\n" << r.out);
+  CHECK(r.died_by(SIGSEGV));
+  CHECK(reports(r.out).empty());
 }
 
 TEST_CASE("other faults go to the handler that was there before", "[overflow]") {
-  const auto r = in_child([] {
+  const auto r = run_in_child([] {
     struct sigaction sa {};
     sa.sa_sigaction = [](int sig, siginfo_t* si, void*) {
       const bool ok = sig == SIGSEGV && si->si_code > 0;
@@ -196,13 +153,13 @@ TEST_CASE("other faults go to the handler that was there before", "[overflow]") 
     *static_cast<volatile char*>(q) = 1;
     _exit(0);
   });
-  INFO("child status " << r.status << ", stderr:\n" << r.err);
-  CHECK(exited(r, 9));
-  CHECK(reports(r.err).empty());
+  INFO("child status " << r.status << ", stderr:\n" << r.out);
+  CHECK(r.exited(9));
+  CHECK(reports(r.out).empty());
 }
 
 TEST_CASE("the handler is installed once, on the alternate stack, with siginfo", "[overflow]") {
-  const auto r = in_child([] {
+  const auto r = run_in_child([] {
     gort::rt::install_overflow_handler();
     struct sigaction a {}, b {};
     sigaction(SIGSEGV, nullptr, &a);
@@ -218,9 +175,9 @@ TEST_CASE("the handler is installed once, on the alternate stack, with siginfo",
     raise(SIGSEGV);
     _exit(0);
   });
-  INFO("child status " << r.status << ", stderr:\n" << r.err);
-  CHECK(died_by(r, SIGSEGV));
-  CHECK(reports(r.err).empty());
+  INFO("child status " << r.status << ", stderr:\n" << r.out);
+  CHECK(r.died_by(SIGSEGV));
+  CHECK(reports(r.out).empty());
 }
 
 TEST_CASE("every thread gets its own alternate stack, freed at exit", "[overflow]") {

@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "child.hpp"
 #include "gort/gort.hpp"
 #include "pin.hpp"
 #include "sched.hpp"
@@ -39,29 +40,6 @@ using Catch::Matchers::ContainsSubstring;
 namespace {
 
 constexpr auto relaxed = std::memory_order_relaxed;
-
-gort::config with_procs(unsigned n, gort::pin_policy pin = gort::pin_policy::none) {
-  gort::config c;
-  c.procs = n;
-  c.pin = pin;
-  return c;
-}
-
-// GORT_PROCS overrides config.procs; a value inherited from the environment would make the
-// procs assertions meaningless, so each test case runs with it unset (and restores it).
-struct no_procs_env {
-  std::optional<std::string> saved;
-  no_procs_env() {
-    if (const char* v = std::getenv("GORT_PROCS")) saved = v;
-    unsetenv("GORT_PROCS");
-  }
-  ~no_procs_env() {
-    if (saved) setenv("GORT_PROCS", saved->c_str(), 1);
-    else unsetenv("GORT_PROCS");
-  }
-  no_procs_env(const no_procs_env&) = delete;
-  no_procs_env& operator=(const no_procs_env&) = delete;
-};
 
 #if defined(__SANITIZE_THREAD__)
 constexpr bool tsan_build = true;
@@ -77,57 +55,6 @@ constexpr bool tsan_build = false;
 // costs more the more fibers exist. Under TSan the window is just over one run queue (so a
 // single P still spills to the global queue), which keeps the million-G test to minutes.
 constexpr long max_in_flight = tsan_build ? 300 : 32 * 1024;
-
-struct child_outcome {
-  int status = 0;
-  std::string output;  // stdout and stderr
-};
-
-// Runs body in a forked child (stdout/stderr captured). The child exits 0 if body returns,
-// 3 if it throws; a deadline kills a hung child with SIGALRM.
-template <class F>
-child_outcome run_in_child(F&& body) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  std::fflush(nullptr);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDOUT_FILENO);
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[1]);
-    // Catch2 catches these during a test case; the child wants the default actions.
-    for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGALRM}) signal(sig, SIG_DFL);
-    rlimit no_core{0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    alarm(120);
-    // Leave with exit_group: _exit is intercepted by TSan, which turns the status into 66
-    // if the parent had reported anything before the fork. The status here is the body's.
-    try {
-      body();
-    } catch (...) {
-      syscall(SYS_exit_group, 3);
-    }
-    syscall(SYS_exit_group, 0);
-  }
-  close(fds[1]);
-  child_outcome r;
-  char buf[4096];
-  for (;;) {
-    ssize_t k = read(fds[0], buf, sizeof buf);
-    if (k > 0) {
-      r.output.append(buf, static_cast<std::size_t>(k));
-      continue;
-    }
-    if (k < 0 && errno == EINTR) continue;
-    break;
-  }
-  close(fds[0]);
-  while (waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
-  }
-  return r;
-}
 
 // How many entries of a "times run" array are not exactly 1, and the first such index.
 struct once_report {
@@ -870,7 +797,7 @@ TEST_CASE("procs() outside a runtime throws logic_error", "[sched][config]") {
 }
 
 TEST_CASE("an exception escaping a go'd G ends the process with a diagnostic", "[sched][go]") {
-  const child_outcome r = run_in_child([] {
+  const child_result r = run_in_child([] {
     unsetenv("GORT_PROCS");
     gort::run(with_procs(2), [] {
       gort::wait_group forever;
@@ -882,12 +809,12 @@ TEST_CASE("an exception escaping a go'd G ends the process with a diagnostic", "
       forever.wait();
     });
     std::fprintf(stderr, "run returned\n");
-  });
-  INFO("child output:\n" << r.output);
+  }, 120);
+  INFO("child output:\n" << r.out);
   REQUIRE(WIFSIGNALED(r.status));
   CHECK(WTERMSIG(r.status) == SIGABRT);
-  CHECK_THAT(r.output, ContainsSubstring("gort: G "));
-  CHECK_THAT(r.output, ContainsSubstring("terminated by exception: boom"));
+  CHECK_THAT(r.out, ContainsSubstring("gort: G "));
+  CHECK_THAT(r.out, ContainsSubstring("terminated by exception: boom"));
 }
 
 TEST_CASE("run returns main_fn's value and rethrows its exception", "[sched][run]") {

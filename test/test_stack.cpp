@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "child.hpp"
 #include "stack.hpp"
 #include "test_util.hpp"
 
@@ -53,50 +54,6 @@ bool mapped(const void* p, std::size_t len = 1) {
   auto a = reinterpret_cast<std::uintptr_t>(p) & ~(page - 1);
   return msync(reinterpret_cast<void*>(a), len, MS_ASYNC) == 0;
 }
-
-struct child_result {
-  int status = 0;
-  std::string err;  // what the child wrote to stderr
-};
-
-// Runs f in a forked child with stdout and stderr captured; f ends the child with _exit(code).
-template <class F>
-child_result in_child(F&& f) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  std::fflush(nullptr);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDOUT_FILENO);
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[1]);
-    // Catch2 handles these during a test case; the child starts from the default actions.
-    for (int sig : {SIGSEGV, SIGBUS, SIGABRT}) signal(sig, SIG_DFL);
-    rlimit no_core{0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    alarm(300);  // a hang becomes SIGALRM, not a stuck test run
-    f();
-    _exit(0);
-  }
-  close(fds[1]);
-  child_result r;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    r.err.append(buf, static_cast<std::size_t>(n));
-  }
-  close(fds[0]);
-  while (waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
-  }
-  return r;
-}
-
-bool died_by(const child_result& r, int sig) { return WIFSIGNALED(r.status) && WTERMSIG(r.status) == sig; }
-bool exited(const child_result& r, int code) { return WIFEXITED(r.status) && WEXITSTATUS(r.status) == code; }
 
 std::size_t count_lines_with(const std::string& text, const std::string& what) {
   std::size_t n = 0;
@@ -279,7 +236,7 @@ TEST_CASE("a refused mapping throws bad_alloc and the pool stays usable", "[stac
 
 TEST_CASE("the detected guard mode matches a direct probe", "[stack][guard]") {
   // The probe: install a guard on a fresh page and touch it in a child.
-  const auto r = in_child([] {
+  const auto r = run_in_child([] {
     const std::size_t pg = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     void* p = mmap(nullptr, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) _exit(3);
@@ -287,9 +244,9 @@ TEST_CASE("the detected guard mode matches a direct probe", "[stack][guard]") {
     write_byte(p, 1);
     _exit(0);
   });
-  INFO("child status " << r.status << ", stderr: " << r.err);
-  REQUIRE((died_by(r, SIGSEGV) || exited(r, 0) || exited(r, 2)));
-  const bool faults = died_by(r, SIGSEGV);
+  INFO("child status " << r.status << ", stderr: " << r.out);
+  REQUIRE((r.died_by(SIGSEGV) || r.exited(0) || r.exited(2)));
+  const bool faults = r.died_by(SIGSEGV);
   CHECK(gort::rt::madvise_guard_works() == faults);
 
   stack_pool explicit_madvise(gort::rt::default_stack_size, guard_mode::madvise);
@@ -326,7 +283,7 @@ TEST_CASE("guard regions fault in every guard mode", "[stack][guard]") {
     }
     for (std::size_t off : {std::size_t{1}, gort::rt::stack_guard_size}) {
       INFO("mode " << gort::rt::to_string(m) << ", " << off << " bytes below lo");
-      const auto r = in_child([m, off] {
+      const auto r = run_in_child([m, off] {
         stack_pool p(gort::rt::default_stack_size, m);
         stack s = p.get();
         p.put(p.get());  // a neighbour above, so the guard is not at the edge of a mapping
@@ -336,11 +293,11 @@ TEST_CASE("guard regions fault in every guard mode", "[stack][guard]") {
         write_byte(static_cast<char*>(s.lo) - off, 1);
         _exit(0);
       });
-      INFO("child status " << r.status << ", stderr: " << r.err);
+      INFO("child status " << r.status << ", stderr: " << r.out);
       if (m == guard_mode::none)
-        CHECK(exited(r, 0));
+        CHECK(r.exited(0));
       else
-        CHECK(died_by(r, SIGSEGV));
+        CHECK(r.died_by(SIGSEGV));
     }
   }
 }
@@ -348,7 +305,7 @@ TEST_CASE("guard regions fault in every guard mode", "[stack][guard]") {
 TEST_CASE("mprotect guards stay within the VMA budget, with one warning", "[stack][guard]") {
   const std::size_t budget = stack_pool::guard_budget();
   REQUIRE(budget > 0);
-  const auto r = in_child([budget] {
+  const auto r = run_in_child([budget] {
     std::vector<stack> v;
     v.reserve(budget + 2 * gort::rt::stacks_per_chunk);
     const std::size_t base = count_maps();
@@ -377,11 +334,11 @@ TEST_CASE("mprotect guards stay within the VMA budget, with one warning", "[stac
     if (!stack_pool::guarded(s)) _exit(14);
     _exit(0);
   });
-  INFO("child status " << r.status << ", stderr: " << r.err);
-  CHECK(exited(r, 0));
-  CHECK(count_lines_with(r.err, "gort: warning:") == 1);
-  CHECK(count_lines_with(r.err, "vm.max_map_count = ") == 1);
-  CHECK(r.err.find(std::to_string(budget)) != std::string::npos);
+  INFO("child status " << r.status << ", stderr: " << r.out);
+  CHECK(r.exited(0));
+  CHECK(count_lines_with(r.out, "gort: warning:") == 1);
+  CHECK(count_lines_with(r.out, "vm.max_map_count = ") == 1);
+  CHECK(r.out.find(std::to_string(budget)) != std::string::npos);
 }
 
 TEST_CASE("threads share a pool", "[stack]") {

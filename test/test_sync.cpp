@@ -35,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "child.hpp"
 #include "gort/gort.hpp"
 #include "sched.hpp"
 #include "test_util.hpp"
@@ -44,78 +45,6 @@ using Catch::Matchers::ContainsSubstring;
 using steady = std::chrono::steady_clock;
 
 namespace {
-
-gort::config with_procs(unsigned n) {
-  gort::config c;
-  c.procs = n;
-  return c;
-}
-
-// GORT_PROCS from the environment would override config.procs; unset it per test case.
-struct no_procs_env {
-  std::optional<std::string> saved;
-  no_procs_env() {
-    if (const char* v = std::getenv("GORT_PROCS")) saved = v;
-    unsetenv("GORT_PROCS");
-  }
-  ~no_procs_env() {
-    if (saved) setenv("GORT_PROCS", saved->c_str(), 1);
-    else unsetenv("GORT_PROCS");
-  }
-  no_procs_env(const no_procs_env&) = delete;
-  no_procs_env& operator=(const no_procs_env&) = delete;
-};
-
-struct child_outcome {
-  int status = 0;
-  std::string output;
-};
-
-// Runs body in a forked child with stdout/stderr captured. Exit 0 if body returns, 3 if it
-// throws; SIGALRM if it hangs.
-template <class F>
-child_outcome run_in_child(F&& body) {
-  int fds[2];
-  REQUIRE(pipe(fds) == 0);
-  std::fflush(nullptr);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDOUT_FILENO);
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[1]);
-    for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGALRM}) signal(sig, SIG_DFL);
-    rlimit no_core{0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    alarm(120);
-    unsetenv("GORT_PROCS");
-    // Leave with exit_group: _exit is intercepted by TSan, which turns the status into 66
-    // if the parent had reported anything before the fork. The status here is the body's.
-    try {
-      body();
-    } catch (...) {
-      syscall(SYS_exit_group, 3);
-    }
-    syscall(SYS_exit_group, 0);
-  }
-  close(fds[1]);
-  child_outcome r;
-  char buf[4096];
-  for (;;) {
-    ssize_t k = read(fds[0], buf, sizeof buf);
-    if (k > 0) {
-      r.output.append(buf, static_cast<std::size_t>(k));
-      continue;
-    }
-    if (k < 0 && errno == EINTR) continue;
-    break;
-  }
-  close(fds[0]);
-  while (waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
-  }
-  return r;
-}
 
 std::chrono::nanoseconds cpu_time() {
   rusage ru{};
@@ -346,20 +275,22 @@ TEST_CASE("thread passes arguments like std::thread", "[sync][thread]") {
 
 TEST_CASE("destroying or overwriting a joinable thread calls std::terminate", "[sync][thread]") {
   SECTION("destroyed") {
-    const child_outcome r = run_in_child([] {
+    const child_result r = run_in_child([] {
+      unsetenv("GORT_PROCS");
       gort::run(with_procs(2), [] {
         gort::thread t([] {});
         // t leaves scope joinable
       });
       std::fprintf(stderr, "survived\n");
-    });
-    INFO("child output:\n" << r.output);
+    }, 120);
+    INFO("child output:\n" << r.out);
     REQUIRE(WIFSIGNALED(r.status));
     CHECK(WTERMSIG(r.status) == SIGABRT);
-    CHECK(r.output.find("survived") == std::string::npos);
+    CHECK(r.out.find("survived") == std::string::npos);
   }
   SECTION("move-assigned over") {
-    const child_outcome r = run_in_child([] {
+    const child_result r = run_in_child([] {
+      unsetenv("GORT_PROCS");
       gort::run(with_procs(2), [] {
         gort::thread t([] {});
         gort::thread u([] {});
@@ -367,24 +298,25 @@ TEST_CASE("destroying or overwriting a joinable thread calls std::terminate", "[
         t.join();
       });
       std::fprintf(stderr, "survived\n");
-    });
-    INFO("child output:\n" << r.output);
+    }, 120);
+    INFO("child output:\n" << r.out);
     REQUIRE(WIFSIGNALED(r.status));
     CHECK(WTERMSIG(r.status) == SIGABRT);
   }
   SECTION("control: joined and detached threads end normally") {
-    const child_outcome r = run_in_child([] {
+    const child_result r = run_in_child([] {
+      unsetenv("GORT_PROCS");
       gort::run(with_procs(2), [] {
         gort::thread t([] {});
         gort::thread u([] {});
         t.join();
         u.detach();
       });
-    });
-    INFO("child output:\n" << r.output);
+    }, 120);
+    INFO("child output:\n" << r.out);
     REQUIRE(WIFEXITED(r.status));
     CHECK(WEXITSTATUS(r.status) == 0);
-    CHECK(r.output.find("Sanitizer") == std::string::npos);
+    CHECK(r.out.find("Sanitizer") == std::string::npos);
   }
 }
 

@@ -6,8 +6,10 @@
 #include <cstddef>
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <string>
 
+#include "gort/config.hpp"
 #include "gort_build_config.h"
 #if GORT_HAVE_VALGRIND
 #include <valgrind/valgrind.h>
@@ -58,3 +60,26 @@ inline long test_scale() {
   long v = s ? std::atol(s) : 1;
   return v > 0 ? v : 1;
 }
+
+inline gort::config with_procs(unsigned n, gort::pin_policy pin = gort::pin_policy::none) {
+  gort::config c;
+  c.procs = n;
+  c.pin = pin;
+  return c;
+}
+
+// GORT_PROCS overrides config.procs; a value inherited from the environment would make the
+// procs assertions meaningless, so each test case runs with it unset (and restores it).
+struct no_procs_env {
+  std::optional<std::string> saved;
+  no_procs_env() {
+    if (const char* v = std::getenv("GORT_PROCS")) saved = v;
+    unsetenv("GORT_PROCS");
+  }
+  ~no_procs_env() {
+    if (saved) setenv("GORT_PROCS", saved->c_str(), 1);
+    else unsetenv("GORT_PROCS");
+  }
+  no_procs_env(const no_procs_env&) = delete;
+  no_procs_env& operator=(const no_procs_env&) = delete;
+};
