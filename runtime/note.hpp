@@ -18,7 +18,6 @@ class note {
   void sleep() noexcept;
   // Sleeps until woken or until CLOCK_MONOTONIC reaches deadline_ns; true if woken.
   bool sleep_until(std::int64_t deadline_ns) noexcept;
-  bool woken() const noexcept { return key_.load(std::memory_order_acquire) == 1; }
 
  private:
   std::atomic<std::uint32_t> key_{0};

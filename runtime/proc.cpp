@@ -286,8 +286,7 @@ timed_stop stopm_until(m* mp, std::int64_t until) {
       return timed_stop::got_p;
     }
     if (sched.state.load(std::memory_order_acquire) != 1) return timed_stop::shutdown;
-    bool woken = mp->park.sleep_until(until);
-    (void)woken;
+    mp->park.sleep_until(until);  // woken, poked or timed out: the checks below tell which
     std::lock_guard<spinlock> l(sched.lock);
     if (mp->nextp_peek()) continue;  // claimed by startm meanwhile: take the P above
     mremove(mp);
