@@ -876,18 +876,12 @@ std::pair<unsigned, once_report> run_pinned(gort::pin_policy policy) {
 }
 }  // namespace
 
-TEST_CASE("pin_policy::compact runs Gs correctly", "[sched][pin]") {
-  no_procs_env env;
-  const auto [procs, r] = run_pinned(gort::pin_policy::compact);
-  CHECK(procs == 2);
-  CAPTURE(r.first_wrong, r.first_value);
-  CHECK(r.wrong == 0);
-}
-
 // Under ASan, LeakSanitizer also checks that placing Ps leaks no hwloc bitmaps.
-TEST_CASE("pin_policy::spread runs Gs correctly", "[sched][pin]") {
+TEST_CASE("pinned runtimes (compact, spread) run Gs correctly", "[sched][pin]") {
   no_procs_env env;
-  const auto [procs, r] = run_pinned(gort::pin_policy::spread);
+  const auto policy = GENERATE(gort::pin_policy::compact, gort::pin_policy::spread);
+  CAPTURE(static_cast<int>(policy));
+  const auto [procs, r] = run_pinned(policy);
   CHECK(procs == 2);
   CAPTURE(r.first_wrong, r.first_value);
   CHECK(r.wrong == 0);
