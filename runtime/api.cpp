@@ -21,16 +21,9 @@ void sleep_commit(fiber* f, void*) {
   if (pp->tm.add(&gp->sleep_timer)) timer_armed(gp->sleep_timer.when);
 }
 
-// A tiny spin lock for wait_group's waiter list: held for a few instructions, never across a
-// block (park releases it after the G is off its stack).
-void lock(std::atomic<std::uint32_t>& l) noexcept {
-  for (;;) {
-    if (l.exchange(1, std::memory_order_acquire) == 0) return;
-    while (l.load(std::memory_order_relaxed)) std::this_thread::yield();
-  }
-}
-void unlock(std::atomic<std::uint32_t>& l) noexcept { l.store(0, std::memory_order_release); }
-void unlock_commit(fiber*, void* l) { unlock(*static_cast<std::atomic<std::uint32_t>*>(l)); }
+// wait_group's lock: held for a few instructions, never across a block (park releases it once
+// the G is off its stack).
+void unlock_commit(fiber*, void* l) { spin_unlock(*static_cast<std::atomic<std::uint32_t>*>(l)); }
 
 }  // namespace
 }  // namespace rt
@@ -100,7 +93,7 @@ void wait_group::add(int delta) {
                            std::to_string(delta) + ") without a matching add)");
   }
   if (counter > 0 || n == 0 || delta >= 0) return;
-  rt::lock(lock_);
+  rt::spin_lock(lock_);
   auto* first = static_cast<rt::waiter*>(head_);
   rt::waiter* last = first;
   for (std::uint32_t i = 1; i < n; ++i) last = last->next;
@@ -108,7 +101,7 @@ void wait_group::add(int delta) {
   if (!head_) tail_ = nullptr;
   last->next = nullptr;
   state_.fetch_sub(n, std::memory_order_acq_rel);
-  rt::unlock(lock_);
+  rt::spin_unlock(lock_);
   for (rt::waiter* w = first; w;) {
     rt::waiter* next = w->next;  // read first: a woken waiter's memory may vanish
     rt::wake(w);
@@ -119,10 +112,10 @@ void wait_group::add(int delta) {
 void wait_group::wait() {
   std::uint64_t s = state_.load(std::memory_order_acquire);
   if ((s >> 32) == 0) return;
-  rt::lock(lock_);
+  rt::spin_lock(lock_);
   do {
     if ((s >> 32) == 0) {
-      rt::unlock(lock_);
+      rt::spin_unlock(lock_);
       return;
     }
   } while (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel));

@@ -23,22 +23,27 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+// The algorithm on a bare word, for locks whose storage lives elsewhere (the public headers'
+// wait_group keeps a std::atomic<std::uint32_t> and must not see this header).
+inline void spin_lock(std::atomic<std::uint32_t>& v) noexcept {
+  for (int spins = 0;; ++spins) {
+    if (!v.load(std::memory_order_relaxed) && !v.exchange(1, std::memory_order_acquire)) return;
+    if (spins < 64) cpu_relax();
+    else sched_yield();
+  }
+}
+inline void spin_unlock(std::atomic<std::uint32_t>& v) noexcept { v.store(0, std::memory_order_release); }
+
 class spinlock {
  public:
-  void lock() noexcept {
-    for (int spins = 0;; ++spins) {
-      if (!v_.load(std::memory_order_relaxed) && !v_.exchange(true, std::memory_order_acquire)) return;
-      if (spins < 64) cpu_relax();
-      else sched_yield();
-    }
-  }
+  void lock() noexcept { spin_lock(v_); }
   bool try_lock() noexcept {
-    return !v_.load(std::memory_order_relaxed) && !v_.exchange(true, std::memory_order_acquire);
+    return !v_.load(std::memory_order_relaxed) && !v_.exchange(1, std::memory_order_acquire);
   }
-  void unlock() noexcept { v_.store(false, std::memory_order_release); }
+  void unlock() noexcept { spin_unlock(v_); }
 
  private:
-  std::atomic<bool> v_{false};
+  std::atomic<std::uint32_t> v_{0};
 };
 
 }  // namespace gort::rt

@@ -253,6 +253,17 @@ void startm(p* pp, bool spinning) {
   nm->park.wakeup();
 }
 
+// Takes an idle P for mp, if there is one.
+bool acquire_idle_p(m* mp) {
+  p* pp;
+  {
+    std::lock_guard<spinlock> l(sched.lock);
+    pp = pidleget();
+  }
+  if (pp) acquirep(mp, pp);
+  return pp != nullptr;
+}
+
 // Parks the M until startm hands it a P. Returns false on shutdown.
 bool stopm(m* mp) {
   {
@@ -446,13 +457,7 @@ top:
   for (p* p2 : sched.ps)
     if (!work && !p2->q.empty()) work = true;
   if (work) {
-    p* np;
-    {
-      std::lock_guard<spinlock> l(sched.lock);
-      np = pidleget();
-    }
-    if (np) {
-      acquirep(mp, np);
+    if (acquire_idle_p(mp)) {
       if (was_spinning) {
         mp->spinning = true;
         sched.nmspinning.fetch_add(1, std::memory_order_seq_cst);
@@ -484,15 +489,7 @@ top:
         return nullptr;
       }
       // Deadline reached or poked: take an idle P and run timers, if there is a P to be had.
-      p* np;
-      {
-        std::lock_guard<spinlock> l(sched.lock);
-        np = pidleget();
-      }
-      if (np) {
-        acquirep(mp, np);
-        goto top;
-      }
+      if (acquire_idle_p(mp)) goto top;
       // Every P is busy: their Ms run their timers at their next schedule. Sleep until a P
       // frees up (its M then becomes the timer sleeper).
     }
@@ -851,7 +848,9 @@ g* g_reserve_new(std::size_t size, std::size_t align, void** frame) {
   return gp;
 }
 
-void g_launch(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept {
+namespace {
+// Makes a reserved G (frame placed) ready to run: its fiber, its hold count, its owner tag.
+void g_prepare(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept {
   gp->body = body;
   gp->destroy = destroy;
   gp->joinable = joinable;
@@ -862,6 +861,11 @@ void g_launch(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destro
   gp->fib.init(lo, static_cast<std::size_t>(top - lo) & ~std::size_t{15}, g_entry, gp);
   stack_pool::set_owner(gp->stk, gp->id);
   gp->status.store(gstatus::runnable, std::memory_order_release);
+}
+}  // namespace
+
+void g_launch(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept {
+  g_prepare(gp, body, destroy, joinable);
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
   if (pp) {
@@ -1019,13 +1023,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   mg->frame = reinterpret_cast<char*>(mg) - 64;
   *static_cast<main_ctx**>(mg->frame) = &mc;
   mg->frame_on_heap = false;
-  mg->body = main_body;
-  mg->destroy = nullptr;
-  mg->joinable = false;
-  mg->refs.store(1);
-  mg->fib.init(mg->stk.lo, static_cast<std::size_t>(static_cast<char*>(mg->frame) - static_cast<char*>(mg->stk.lo)), g_entry, mg);
-  stack_pool::set_owner(mg->stk, mg->id);
-  mg->status.store(gstatus::runnable);
+  g_prepare(mg, main_body, nullptr, false);
   runqput(sched.ps[0], mg, false);
   sched.state.store(1, std::memory_order_seq_cst);
   if (!newm(sched.ps[0], false)) {
