@@ -526,6 +526,9 @@ void execute_on(m* mp, g* next) {
   mp->curg = next;
   next->curm = mp;
   next->status.store(gstatus::running, std::memory_order_relaxed);
+  // A new time slice (sysmon watches this); also cancels a pending preemption request.
+  p* pp = mp->curp;
+  pp->schedtick.store(pp->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 // Switches from the running G gp directly to next (no detour through g0).
@@ -763,6 +766,17 @@ void yield_g() noexcept {
     return;
   }
   switch_g(mp, gp, next, {yield_commit, pp});
+}
+
+void preempt_check() noexcept {
+  m* mp = getm();
+  if (!mp) return;
+  g* gp = mp->curg;
+  p* pp = mp->curp;
+  if (!gp || !pp || gp->nopreempt.load(std::memory_order_relaxed) != 0) return;
+  if (pp->preempt_req.load(std::memory_order_relaxed) != pp->schedtick.load(std::memory_order_relaxed))
+    return;
+  yield_g();
 }
 
 void wake(waiter* w) noexcept {

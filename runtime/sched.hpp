@@ -58,8 +58,18 @@ struct alignas(64) g {  // (the fiber must stay first: g_of)
 
   timer sleep_timer;  // sleep_for/sleep_until, armed only while parked in sleep
 
-  // Why it waits, for debugging and (later) the deadlock report.
+  // Why it waits, for debugging and the deadlock report.
   const char* wait_reason = nullptr;
+
+  // Asynchronous preemption is held off while this is non-zero: the G is inside the runtime
+  // (touching its P's queues, heaps or locks) or inside a gort::no_preempt region. Written
+  // only by the G itself (on whichever M runs it), read by the preemption signal handler on
+  // that same M. A G starts at 1: it is first entered from inside the scheduler.
+  std::atomic<int> nopreempt{0};
+  // Wired to one M: by lock_os_thread (locked > 0), or while its M is held in the preemption
+  // signal handler (locked == 0). Such a G only ever runs on lockedm; see docs/design.md.
+  m* lockedm = nullptr;
+  std::uint32_t locked = 0;
 };
 
 // Something blocked until woken: a G (parked) or a plain OS thread (on a futex).
@@ -67,6 +77,15 @@ struct waiter {
   g* gp = nullptr;  // null: an OS thread waiting on `flag`
   std::atomic<std::uint32_t> flag{0};
   waiter* next = nullptr;
+};
+
+// P states. A P in psyscall or ppreempted still belongs to its M until sysmon (or the M
+// itself, on its way out) moves it on with a CAS; see docs/design.md "sysmon".
+enum : std::uint32_t {
+  pidle = 0,     // on the idle list, or between owners
+  prunning = 1,  // held by an M running Gs or the scheduler
+  psyscall = 2,  // its M is inside gort::blocking(); sysmon may retake it
+  ppreempted = 3,  // its M is held in the preemption signal handler; sysmon hands it on
 };
 
 // Work that must wait until the leaving G is off its stack: installed as the leaving fiber's
@@ -78,7 +97,15 @@ struct transition {
 
 struct p {
   std::uint32_t id = 0;
-  m* curm = nullptr;  // the M holding this P, if any
+  std::atomic<m*> curm{nullptr};  // the M holding this P, if any (read by sysmon)
+  std::atomic<std::uint32_t> status{pidle};
+  // Bumped by the owner at every schedule / blocking call; sysmon compares successive samples
+  // to spot a G that overstays its time slice, or a blocking call that lasts more than a tick.
+  std::atomic<std::uint32_t> schedtick{0};
+  std::atomic<std::uint32_t> syscalltick{0};
+  // sysmon asks the G of slice `schedtick == preempt_req` to yield. A later schedule changes
+  // schedtick, which cancels a stale request without anyone writing here.
+  std::atomic<std::uint32_t> preempt_req{~0u};
   p* link = nullptr;  // idle list, under sched.lock
   runq q;
   // Schedules until the next look at the global queue (the 1-in-61 fairness rule, fast_next).
@@ -118,6 +145,9 @@ struct m {
   int bound_cpu = -1;
   std::vector<p*> homes;  // the Ps whose heap this M created and must delete (mexit)
   std::thread thr;
+  unsigned long tid = 0;  // pthread_t, for the preemption signal
+  g* lockedg = nullptr;   // this M runs only this G (lock_os_thread)
+  p* oldp = nullptr;      // the P held when the current blocking call began
 
   void nextp_store(p* pp) noexcept { nextp.store(pp, std::memory_order_release); }
   p* nextp_take() noexcept { return nextp.exchange(nullptr, std::memory_order_acq_rel); }
@@ -167,6 +197,19 @@ struct sched_t {
   // them to finish touching the runtime.
   std::atomic<int> foreign{0};
   std::atomic<std::uint32_t> nmrunning{0};  // Ms not yet exited
+
+  // Preemption and sysmon (sysmon.cpp). Fixed while the runtime runs.
+  std::int64_t time_slice_ns = 10'000'000;
+  bool async_preempt = true;
+  bool sysmon_on = true;
+  std::uint32_t max_threads = 10'000;
+  // sysmon sleeps on this; 1 while it sleeps with no deadline (every P idle), so the first
+  // P to get busy again must wake it (pidleget).
+  alignas(64) note sysmon_note;
+  std::atomic<std::uint32_t> sysmon_wait{0};
+  // 1 while sysmon sleeps for long stretches (backed off): a blocking call then pokes it, so
+  // that a long call loses its P after about one tick rather than after the back-off.
+  std::atomic<std::uint32_t> sysmon_deep{0};
 };
 
 extern sched_t sched;
@@ -207,5 +250,27 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame);
 
 void* alloc(std::size_t n);  // runtime allocation: the P's heap when on its home M
 void free_mem(void* ptr) noexcept;
+
+// Brackets runtime code that runs on a G's stack: while any is open, the preemption signal
+// leaves the G alone (it would otherwise stop the M in the middle of a run-queue or heap
+// update). Every runtime entry point a G can call opens one. Cheap: one TLS read.
+class nopreempt_scope {
+ public:
+  nopreempt_scope() noexcept : gp_(getg()) {
+    if (gp_) gp_->nopreempt.store(gp_->nopreempt.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+  ~nopreempt_scope() {
+    if (gp_) gp_->nopreempt.store(gp_->nopreempt.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  }
+  nopreempt_scope(const nopreempt_scope&) = delete;
+  nopreempt_scope& operator=(const nopreempt_scope&) = delete;
+
+ private:
+  g* gp_;
+};
+
+// Cooperative preemption: yields if sysmon asked the running G to (its slice is over). Called
+// at runtime entry points that may take long in a loop (channel ops, spawning).
+void preempt_check() noexcept;
 
 }  // namespace gort::rt

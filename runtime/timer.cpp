@@ -42,6 +42,7 @@ void timers::down(std::size_t i) noexcept {
 
 bool timers::add(timer* t) {
   std::lock_guard<spinlock> l(mu_);
+  t->heap.store(this, std::memory_order_relaxed);
   t->seq = seq_++;
   heap_.push_back(t);
   up(heap_.size() - 1);
@@ -57,6 +58,7 @@ bool timers::remove(timer* t) noexcept {
   timer* last = heap_.back();
   heap_.pop_back();
   t->idx = -1;
+  t->heap.store(nullptr, std::memory_order_relaxed);
   if (last != t) {
     heap_[static_cast<std::size_t>(i)] = last;
     last->idx = i;
@@ -85,10 +87,14 @@ int timers::run(std::int64_t now) {
         down(0);
       }
       t->idx = -1;
+      // firing before heap: timer_stop reads heap == null (acquire), then must see firing.
+      t->firing.store(true, std::memory_order_relaxed);
+      t->heap.store(nullptr, std::memory_order_release);
       publish();
     }
     // Unlocked: fire may ready a G, which takes run-queue locks, or re-arm this very timer.
     t->fire(t);
+    t->firing.store(false, std::memory_order_release);  // t's memory may be reused from here
     ++fired;
   }
 }
@@ -100,9 +106,25 @@ std::size_t timers::size() const noexcept {
 
 void timers::clear() noexcept {
   std::lock_guard<spinlock> l(mu_);
-  for (timer* t : heap_) t->idx = -1;
+  for (timer* t : heap_) {
+    t->idx = -1;
+    t->heap.store(nullptr, std::memory_order_relaxed);
+  }
   heap_.clear();
   publish();
+}
+
+bool timer_stop(timer* t) noexcept {
+  bool removed = false;
+  // A concurrent re-arm may move t between heaps: retry until it is in none.
+  while (timers* h = t->heap.load(std::memory_order_acquire)) {
+    if (h->remove(t)) {
+      removed = true;
+      break;
+    }
+  }
+  while (t->firing.load(std::memory_order_acquire)) cpu_relax();
+  return removed;
 }
 
 }  // namespace gort::rt

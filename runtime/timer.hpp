@@ -18,13 +18,27 @@
 
 namespace gort::rt {
 
+class timers;
+
+// fire(t) runs on some M in scheduler context (g0, or the stack of a G that is switching out),
+// without any timer lock held: it must not block or park. It may ready Gs, take short runtime
+// locks and re-arm t itself, but must not stop t (stop waits for a running fire to finish).
 struct timer {
   std::int64_t when = 0;           // CLOCK_MONOTONIC ns
-  void (*fire)(timer*) = nullptr;  // runs without any timer lock held
+  void (*fire)(timer*) = nullptr;
   void* arg = nullptr;
   std::uint64_t seq = 0;
-  std::int32_t idx = -1;  // position in its heap; -1 when not armed
+  std::int32_t idx = -1;  // position in its heap, under that heap's lock; -1 when not armed
+  // The heap t is armed in (null: none). Written under that heap's lock.
+  std::atomic<timers*> heap{nullptr};
+  // True from the moment run() takes t off the heap until its fire returns: stop() waits for
+  // it, so memory holding t can be reused as soon as stop() returns.
+  std::atomic<bool> firing{false};
 };
+
+// Disarms t wherever it is armed, and waits until a fire of t that is already under way has
+// returned. True if t was armed (so it will now never fire). Any thread; not from t's own fire.
+bool timer_stop(timer* t) noexcept;
 
 class timers {
  public:

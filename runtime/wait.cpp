@@ -1,0 +1,77 @@
+#include "wait.hpp"
+
+#include "note.hpp"
+
+namespace gort::rt {
+
+namespace {
+
+void deadline_fire(timer* t) {
+  auto* ws = static_cast<wait_state*>(t->arg);
+  std::uint32_t expect = wait_state::pending;
+  if (ws->v.compare_exchange_strong(expect, wait_state::timed_out, std::memory_order_acq_rel))
+    ready(ws->gp, false);
+}
+
+struct block_ctx {
+  wait_state* ws;
+  transition unlock;
+};
+
+// After the G is off its stack: arm the deadline, then let wakers at it.
+void block_commit(fiber* f, void* arg) {
+  auto* bc = static_cast<block_ctx*>(arg);
+  wait_state* ws = bc->ws;
+  transition unlock = bc->unlock;  // bc lives on the parked stack: read before unlocking
+  if (ws->tm.when) {
+    p* pp = getm()->curp;
+    if (pp->tm.add(&ws->tm)) timer_armed(ws->tm.when);
+  }
+  if (unlock.fn) unlock.fn(f, unlock.arg);
+}
+
+}  // namespace
+
+void finish(wait_state& ws) noexcept {
+  if (g* gp = ws.gp) {
+    ws.v.store(wait_state::done, std::memory_order_release);
+    ready(gp);
+    return;
+  }
+  std::atomic<std::uint32_t>* word = &ws.v;
+  word->store(wait_state::done, std::memory_order_release);
+  futex_wake(word, 1);  // harmless if the thread already saw `done` and left
+}
+
+bool block(wait_state& ws, std::int64_t deadline_ns, const char* reason, transition unlock) noexcept {
+  nopreempt_scope np;
+  if (g* gp = getg()) {
+    ws.gp = gp;
+    ws.tm.when = deadline_ns;
+    ws.tm.fire = deadline_fire;
+    ws.tm.arg = &ws;
+    block_ctx bc{&ws, unlock};
+    park(reason, {block_commit, &bc});
+    const bool woken = ws.v.load(std::memory_order_acquire) == wait_state::done;
+    if (deadline_ns) timer_stop(&ws.tm);  // also waits out a fire that lost to the waker
+    return woken;
+  }
+  ws.gp = nullptr;
+  if (unlock.fn) unlock.fn(nullptr, unlock.arg);
+  for (;;) {
+    std::uint32_t v = ws.v.load(std::memory_order_acquire);
+    if (v == wait_state::done) return true;
+    if (v == wait_state::pending && deadline_ns) {
+      if (nanotime() >= deadline_ns) {
+        if (ws.v.compare_exchange_strong(v, wait_state::timed_out, std::memory_order_acq_rel))
+          return false;
+        continue;  // claimed meanwhile: wait for done
+      }
+      futex_wait_until(&ws.v, v, deadline_ns);
+    } else {
+      futex_wait(&ws.v, v);
+    }
+  }
+}
+
+}  // namespace gort::rt
