@@ -30,15 +30,29 @@ void unlock_commit(fiber*, void* l) { spin_unlock(*static_cast<std::atomic<std::
 
 namespace detail {
 
+// Every entry point opens a nopreempt_scope before touching runtime state (sched.hpp).
+
 gdesc* g_new(std::size_t size, std::size_t align, void** frame) {
+  rt::preempt_check();  // a loop that only spawns must still yield its slice
+  rt::nopreempt_scope np;
   return reinterpret_cast<gdesc*>(rt::g_reserve_new(size, align, frame));
 }
 void g_start(gdesc* g, body_fn body, destroy_fn destroy, bool joinable) noexcept {
+  rt::nopreempt_scope np;
   rt::g_launch(rt::as_g(g), body, destroy, joinable);
 }
-void g_discard(gdesc* g) noexcept { rt::g_unreserve(rt::as_g(g)); }
-void g_join(gdesc* g) { rt::g_join_wait(rt::as_g(g)); }
-void g_release(gdesc* g) noexcept { rt::g_drop(rt::as_g(g)); }
+void g_discard(gdesc* g) noexcept {
+  rt::nopreempt_scope np;
+  rt::g_unreserve(rt::as_g(g));
+}
+void g_join(gdesc* g) {
+  rt::nopreempt_scope np;
+  rt::g_join_wait(rt::as_g(g));
+}
+void g_release(gdesc* g) noexcept {
+  rt::nopreempt_scope np;
+  rt::g_drop(rt::as_g(g));
+}
 std::uint64_t g_id(const gdesc* g) noexcept { return rt::as_g(g)->id; }
 std::uint64_t current_g_id() noexcept {
   rt::g* gp = rt::getg();
@@ -55,6 +69,7 @@ void sleep_until_steady(std::int64_t steady_ns) {
     std::this_thread::sleep_until(std::chrono::steady_clock::time_point(std::chrono::nanoseconds(steady_ns)));
     return;
   }
+  rt::nopreempt_scope np;
   // Timers fire at `when` or later, never before; the loop only guards against being readied
   // by something other than the timer.
   while (rt::nanotime() < steady_ns) {
@@ -93,6 +108,7 @@ void wait_group::add(int delta) {
                            std::to_string(delta) + ") without a matching add)");
   }
   if (counter > 0 || n == 0 || delta >= 0) return;
+  rt::nopreempt_scope np;
   rt::spin_lock(lock_);
   auto* first = static_cast<rt::waiter*>(head_);
   rt::waiter* last = first;
@@ -112,6 +128,7 @@ void wait_group::add(int delta) {
 void wait_group::wait() {
   std::uint64_t s = state_.load(std::memory_order_acquire);
   if ((s >> 32) == 0) return;
+  rt::nopreempt_scope np;
   rt::spin_lock(lock_);
   do {
     if ((s >> 32) == 0) {

@@ -1,8 +1,10 @@
 // gort: the scheduler. The protocols are described in docs/design.md ("Scheduler"); the
 // comments here name the invariants each step relies on.
 #include <mimalloc.h>
+#include <pthread.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,7 +29,9 @@ sched_t sched;
 
 namespace {
 
-thread_local m* tls_m = nullptr;
+// Initial-exec: one fs/tpidr-relative load, and safe to read in the preemption signal handler
+// (no lazy TLS allocation).
+__attribute__((tls_model("initial-exec"))) thread_local m* tls_m = nullptr;
 
 // Ring-overflow batch: half the ring plus the G being put.
 constexpr std::uint32_t spill_batch = runq::size / 2 + 1;
@@ -71,10 +75,14 @@ void globrunqput_batch(g* head, g* tail, std::uint32_t n) {
   sched.nglobal.fetch_add(n, std::memory_order_release);
 }
 
+}  // namespace
+
 void globrunqput(g* gp) {
   std::lock_guard<spinlock> l(sched.lock);
   globrunqput_batch(gp, gp, 1);
 }
+
+namespace {
 
 // sched.lock held. Takes a fair share of the global queue: the first is returned, the rest go
 // to pp's ring, which callers guarantee has room (it is empty, or max == 1).
@@ -129,9 +137,19 @@ void runqput(p* pp, g* gp, bool next) {
 // Idle Ps and Ms (sched.lock held)
 
 void pidleput(p* pp) {
+  pp->status.store(pidle, std::memory_order_relaxed);
   pp->link = sched.pidle;
   sched.pidle = pp;
   sched.npidle.fetch_add(1, std::memory_order_seq_cst);
+}
+
+// A P leaves the idle list: if sysmon sleeps because every P was idle, it must watch again.
+void pidle_taken() {
+  sched.npidle.fetch_sub(1, std::memory_order_seq_cst);
+  if (sched.sysmon_wait.load(std::memory_order_seq_cst)) {
+    sched.sysmon_wait.store(0, std::memory_order_relaxed);
+    sched.sysmon_note.wakeup();
+  }
 }
 
 p* pidleget() {
@@ -139,9 +157,22 @@ p* pidleget() {
   if (pp) {
     sched.pidle = pp->link;
     pp->link = nullptr;
-    sched.npidle.fetch_sub(1, std::memory_order_seq_cst);
+    pidle_taken();
   }
   return pp;
+}
+
+// Takes pp itself off the idle list, if it is there.
+bool pidleremove(p* pp) {
+  for (p** at = &sched.pidle; *at; at = &(*at)->link) {
+    if (*at == pp) {
+      *at = pp->link;
+      pp->link = nullptr;
+      pidle_taken();
+      return true;
+    }
+  }
+  return false;
 }
 
 void mput(m* mp) {
@@ -172,9 +203,16 @@ bool mremove(m* mp) {
   return false;
 }
 
-void acquirep(m* mp, p* pp) {
+}  // namespace
+
+void acquirep(m* mp, p* pp, bool in_signal) {
   mp->curp = pp;
-  pp->curm = mp;
+  pp->curm.store(mp, std::memory_order_relaxed);
+  pp->status.store(prunning, std::memory_order_release);
+  // In the preemption signal handler the interrupted code may be inside mimalloc or hwloc on
+  // this very thread: no heap creation and no rebinding there (the M does both the next time
+  // it acquires a P the ordinary way).
+  if (in_signal) return;
   if (!pp->home && !sched.system_alloc) {
     // First M to hold this P becomes its home: the heap is created (and so owned) here.
     pp->home = mp;
@@ -189,10 +227,12 @@ void acquirep(m* mp, p* pp) {
 
 p* releasep(m* mp) {
   p* pp = mp->curp;
-  pp->curm = nullptr;
+  pp->curm.store(nullptr, std::memory_order_relaxed);
   mp->curp = nullptr;
   return pp;
 }
+
+namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Ms
@@ -200,7 +240,21 @@ p* releasep(m* mp) {
 void mstart(m* mp);
 void startm(p* pp, bool spinning);
 
+[[noreturn]] void die_threads() {
+  std::fprintf(stderr, "gort: fatal: the program needs more than config.max_threads = %u OS threads "
+               "(Ms in blocking calls, locked to Gs or held for preemption); raise max_threads or "
+               "block less\n", sched.max_threads);
+  std::fflush(stderr);
+  std::abort();
+}
+
 m* newm(p* pp, bool spinning) {
+  std::size_t nm;
+  {
+    std::lock_guard<spinlock> l(sched.lock);
+    nm = sched.ms.size();
+  }
+  if (nm >= sched.max_threads) die_threads();
   auto* mp = new m;
   mp->spinning = spinning;
   mp->rand = 0x9E3779B97F4A7C15ull * (std::uint64_t{mp->id} + 1) ^ reinterpret_cast<std::uintptr_t>(mp);
@@ -303,6 +357,70 @@ timed_stop stopm_until(m* mp, std::int64_t until) {
     mremove(mp);
     return timed_stop::woke;
   }
+}
+
+}  // namespace
+
+p* take_idle_p(p* prefer) {
+  std::lock_guard<spinlock> l(sched.lock);
+  if (prefer && pidleremove(prefer)) return prefer;
+  return pidleget();
+}
+
+// Finds a user for a P whose M cannot run Gs on it now (the M is in a blocking call, held for
+// preemption, or wired to a G that is not runnable). Work waiting: an M runs it. None: the P
+// goes idle, unless nobody at all is looking for work, in which case a spinning M takes it so
+// that work arriving later is not left to a P nobody watches.
+void handoffp(p* pp) {
+  if (!pp->q.empty() || sched.nglobal.load(std::memory_order_acquire)) {
+    startm(pp, false);
+    return;
+  }
+  std::uint32_t zero = 0;
+  if (sched.nmspinning.load(std::memory_order_seq_cst) + sched.npidle.load(std::memory_order_seq_cst) == 0 &&
+      sched.nmspinning.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) {
+    startm(pp, true);
+    return;
+  }
+  std::int64_t when = 0;
+  bool work;
+  {
+    std::lock_guard<spinlock> l(sched.lock);
+    work = sched.nglobal.load(std::memory_order_relaxed) != 0;
+    if (!work) {
+      when = pp->tm.next();
+      pidleput(pp);
+    }
+  }
+  if (work) startm(pp, false);
+  // Its timers now belong to an idle P: make sure the timer sleeper knows about them.
+  else if (when) timer_armed(when);
+}
+
+namespace {
+
+// The M of a G locked to it (lock_os_thread) whose G is not runnable: gives its P away and
+// sleeps until whoever dequeues the G hands a P back (startlockedm). False on shutdown.
+bool stoplockedm(m* mp) {
+  if (mp->curp) handoffp(releasep(mp));
+  for (;;) {
+    mp->park.clear();
+    if (p* pp = mp->nextp_take()) {
+      acquirep(mp, pp, false);
+      return true;
+    }
+    if (sched.state.load(std::memory_order_acquire) != 1) return false;
+    mp->park.sleep();
+  }
+}
+
+// gp (runnable, just dequeued by mp) may only run on gp->lockedm: mp gives it its own P and
+// goes without. The locked M then runs gp itself.
+void startlockedm(m* mp, g* gp) {
+  m* lm = gp->lockedm;
+  p* pp = releasep(mp);
+  lm->nextp_store(pp);
+  lm->park.wakeup();
 }
 
 }  // namespace
@@ -522,6 +640,8 @@ g* fast_next(p* pp) {
   return pp->q.get(inherit, alone);
 }
 
+}  // namespace
+
 void execute_on(m* mp, g* next) {
   mp->curg = next;
   next->curm = mp;
@@ -529,6 +649,21 @@ void execute_on(m* mp, g* next) {
   // A new time slice (sysmon watches this); also cancels a pending preemption request.
   p* pp = mp->curp;
   pp->schedtick.store(pp->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+namespace {
+
+// The G a leaving G switches to directly: a local one, or null to go through g0 — always when
+// mp is wired to its G, and when the next G is wired to another M (then mp->handoff carries it
+// to g0, which hands it over).
+g* next_here(m* mp) {
+  if (mp->lockedg) return nullptr;
+  g* next = fast_next(mp->curp);
+  if (next && next->lockedm && next->lockedm != mp) {
+    mp->handoff = next;
+    return nullptr;
+  }
+  return next;
 }
 
 // Switches from the running G gp directly to next (no detour through g0).
@@ -541,9 +676,9 @@ void switch_g(m* mp, g* gp, g* next, transition tr) {
 
 // Leaves the running G gp: switches to the next local G or to g0, then runs `tr` on the other
 // side. Returns when gp is resumed (never, if dying).
-void leave(g* gp, transition tr, bool dying) {
-  m* mp = gp->curm;
-  g* next = fast_next(mp->curp);
+}  // namespace
+
+void leave_to(m* mp, g* gp, g* next, transition tr, bool dying) {
   gp->fib.after = tr.fn;
   gp->fib.after_arg = tr.arg;
   fiber* to;
@@ -558,11 +693,32 @@ void leave(g* gp, transition tr, bool dying) {
   gp->fib.switch_to(*to, mp->eh);
 }
 
+namespace {
+
+void leave(g* gp, transition tr, bool dying) {
+  m* mp = gp->curm;
+  leave_to(mp, gp, next_here(mp), tr, dying);
+}
+
 void schedule(m* mp) {
   for (;;) {
-    g* gp = findrunnable(mp);
-    if (!gp) return;
-    if (mp->spinning) resetspinning(mp);
+    g* gp;
+    if (mp->lockedg) {
+      // Wired to one G that just left (parked, yielded, or queued after a blocking call): wait
+      // until it is dequeued somewhere and our P comes back with it.
+      if (!stoplockedm(mp)) return;
+      gp = mp->lockedg;
+    } else {
+      if (!mp->curp && !stopm(mp)) return;  // came back from a blocking call without a P
+      gp = std::exchange(mp->handoff, nullptr);
+      if (!gp) gp = findrunnable(mp);
+      if (!gp) return;
+      if (mp->spinning) resetspinning(mp);
+      if (gp->lockedm && gp->lockedm != mp) {
+        startlockedm(mp, gp);
+        continue;
+      }
+    }
     execute_on(mp, gp);
     mp->g0.switch_to(gp->fib, mp->eh);
     // Back on g0: a G left with nothing local to switch to (its transition already ran).
@@ -583,10 +739,11 @@ void mexit(m* mp) {
 
 void mstart(m* mp) {
   tls_m = mp;
+  mp->tid = static_cast<unsigned long>(pthread_self());
   mp->g0.init_thread();
   mp->eh = thread_eh_globals();
   ensure_altstack();
-  if (p* pp = mp->nextp_take()) acquirep(mp, pp);
+  if (p* pp = mp->nextp_take()) acquirep(mp, pp, false);
   if (mp->curp) schedule(mp);
   mexit(mp);
 }
@@ -692,6 +849,13 @@ void goexit_commit(fiber* f, void*) {
 }
 
 [[noreturn]] void goexit(g* gp) {
+  gp->nopreempt.store(1, std::memory_order_relaxed);  // runtime code from here on
+  if (gp->lockedm) {
+    // Still locked (lock_os_thread without unlock): the wiring ends with the G.
+    gp->curm->lockedg = nullptr;
+    gp->lockedm = nullptr;
+    gp->locked = 0;
+  }
   if (gp->joinable) {
     std::uintptr_t old = gp->join_state.exchange(1, std::memory_order_acq_rel);
     if (old > 1) wake(reinterpret_cast<waiter*>(old));
@@ -703,6 +867,7 @@ void goexit_commit(fiber* f, void*) {
 
 void g_entry(fiber*, void* arg) {
   g* gp = static_cast<g*>(arg);
+  gp->nopreempt.store(0, std::memory_order_relaxed);  // out of the scheduler, into user code
   try {
     gp->body(gp->frame);
   } catch (const std::exception& e) {
@@ -730,6 +895,7 @@ void yield_commit(fiber* f, void* arg) {
 }  // namespace
 
 void ready(g* gp, bool next) noexcept {
+  nopreempt_scope np;
   gp->status.store(gstatus::runnable, std::memory_order_release);
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
@@ -743,6 +909,7 @@ void ready(g* gp, bool next) noexcept {
 }
 
 void park(const char* reason, transition commit) noexcept {
+  nopreempt_scope np;
   g* gp = getg();
   gp->wait_reason = reason;
   leave(gp, {park_commit, &commit}, false);
@@ -756,13 +923,15 @@ void yield_g() noexcept {
     std::this_thread::yield();
     return;
   }
+  nopreempt_scope np;
   p* pp = mp->curp;
-  g* next = fast_next(pp);
+  g* next = next_here(mp);
   if (!next) {
     // Nothing else runs here: carry on, unless the runtime is stopping (then g0 must get
-    // control back so the M can exit).
-    if (sched.state.load(std::memory_order_relaxed) == 1) return;
-    leave(gp, {yield_commit, pp}, false);
+    // control back so the M can exit), or g0 has a G to hand to its M, or this G is wired to
+    // this M (its yield goes through the queue like anyone's, and g0 waits for it).
+    if (!mp->handoff && !mp->lockedg && sched.state.load(std::memory_order_relaxed) == 1) return;
+    leave_to(mp, gp, nullptr, {yield_commit, pp}, false);
     return;
   }
   switch_g(mp, gp, next, {yield_commit, pp});
@@ -801,6 +970,7 @@ void wait_on(waiter& w, const char* reason, transition unlock) noexcept {
 }
 
 void* alloc(std::size_t n) {
+  nopreempt_scope np;
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
   void* r = sched.system_alloc ? std::malloc(n)
@@ -869,6 +1039,9 @@ void g_prepare(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destr
   gp->destroy = destroy;
   gp->joinable = joinable;
   gp->refs.store(joinable ? 2 : 1, std::memory_order_relaxed);
+  gp->nopreempt.store(1, std::memory_order_relaxed);  // g_entry clears it
+  gp->lockedm = nullptr;
+  gp->locked = 0;
   gp->join_state.store(0, std::memory_order_relaxed);
   char* top = gp->frame_on_heap ? reinterpret_cast<char*>(gp) : static_cast<char*>(gp->frame);
   char* lo = static_cast<char*>(gp->stk.lo);
@@ -967,6 +1140,54 @@ unsigned procs_from(const config& cfg) {
   return n;
 }
 
+bool env_bool(const char* name, bool def) {
+  const char* env = std::getenv(name);
+  if (!env || !*env) return def;
+  if (!std::strcmp(env, "1")) return true;
+  if (!std::strcmp(env, "0")) return false;
+  throw std::invalid_argument(std::string("gort: ") + name + "='" + env + "' is not 0 or 1");
+}
+
+// "10ms", "250us", "1s", "500000ns".
+std::int64_t env_duration_ns(const char* name, std::int64_t def) {
+  const char* env = std::getenv(name);
+  if (!env || !*env) return def;
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = std::strtoull(env, &end, 10);
+  std::int64_t unit = 0;
+  if (end != env && errno == 0) {
+    if (!std::strcmp(end, "ns")) unit = 1;
+    else if (!std::strcmp(end, "us")) unit = 1'000;
+    else if (!std::strcmp(end, "ms")) unit = 1'000'000;
+    else if (!std::strcmp(end, "s")) unit = 1'000'000'000;
+  }
+  if (!unit || v > 3'600'000'000'000ull / static_cast<unsigned long long>(unit))
+    throw std::invalid_argument(std::string("gort: ") + name + "='" + env +
+                                "' is not a duration such as 10ms, 500us or 1s");
+  return static_cast<std::int64_t>(v) * unit;
+}
+
+void configure_preemption(const config& cfg) {
+  std::int64_t slice = env_duration_ns("GORT_TIME_SLICE", cfg.time_slice.count());
+  if (slice < 100'000)
+    throw std::invalid_argument("gort: time_slice = " + std::to_string(slice) +
+                                " ns is too short (at least 100us)");
+  sched.time_slice_ns = slice;
+  sched.async_preempt = env_bool("GORT_ASYNC_PREEMPT", cfg.async_preempt);
+  sched.sysmon_on = env_bool("GORT_SYSMON", cfg.sysmon);
+  unsigned long maxt = cfg.max_threads;
+  if (const char* env = std::getenv("GORT_MAX_THREADS"); env && *env) {
+    char* end = nullptr;
+    maxt = std::strtoul(env, &end, 10);
+    if (*end != '\0' || maxt == 0 || maxt > 1'000'000)
+      throw std::invalid_argument(std::string("gort: GORT_MAX_THREADS='") + env +
+                                  "' is not a thread count in 1..1000000");
+  }
+  if (maxt == 0) throw std::invalid_argument("gort: config.max_threads must be at least 1");
+  sched.max_threads = static_cast<std::uint32_t>(maxt);
+}
+
 void teardown() {
   for (g* gp : sched.allg) gp->fib.destroy();
   sched.allg.clear();
@@ -990,9 +1211,15 @@ void teardown() {
   sched.ngfree = 0;
   sched.timer_sleeper = nullptr;
   sched.timer_sleep_until = 0;
+  sched.sysmon_wait = 0;
 }
 
 }  // namespace
+
+void install_preempt_handler();
+void uninstall_preempt_handler();
+void sysmon_start();
+void sysmon_stop();
 
 void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   unsigned n = procs_from(cfg);
@@ -1001,7 +1228,14 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   if (!sched.state.compare_exchange_strong(stopped, 3, std::memory_order_acq_rel))
     throw std::logic_error("gort::run: a runtime is already running in this process");
 
+  try {
+    configure_preemption(cfg);
+  } catch (...) {
+    sched.state.store(0);
+    throw;
+  }
   install_overflow_handler();
+  if (sched.async_preempt && sched.sysmon_on) install_preempt_handler();
   sched.cfg = cfg;
 #if GORT_HAVE_VALGRIND
   // Memcheck tracks malloc/free, not mimalloc's heap API: under Valgrind the runtime allocates
@@ -1044,6 +1278,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
     std::fprintf(stderr, "gort: cannot start the first M\n");
     std::abort();
   }
+  sysmon_start();
 
   mc.done.sleep();
 
@@ -1051,6 +1286,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   // M so it sees the state and exits. Ms running a G exit when that G next enters the
   // scheduler; the G is abandoned.
   sched.state.store(2, std::memory_order_seq_cst);
+  sysmon_stop();  // first: it signals Ms, which must all still exist
   while (sched.foreign.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   std::vector<m*> ms;
   {
@@ -1066,6 +1302,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   }
   for (m* mp : ms)
     if (mp->thr.joinable()) mp->thr.join();
+  uninstall_preempt_handler();
   teardown();
   sched.state.store(0, std::memory_order_seq_cst);
 }

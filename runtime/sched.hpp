@@ -147,6 +147,7 @@ struct m {
   std::thread thr;
   unsigned long tid = 0;  // pthread_t, for the preemption signal
   g* lockedg = nullptr;   // this M runs only this G (lock_os_thread)
+  g* handoff = nullptr;   // a G wired to another M, dequeued here: g0 passes it on
   p* oldp = nullptr;      // the P held when the current blocking call began
 
   void nextp_store(p* pp) noexcept { nextp.store(pp, std::memory_order_release); }
@@ -207,9 +208,10 @@ struct sched_t {
   // P to get busy again must wake it (pidleget).
   alignas(64) note sysmon_note;
   std::atomic<std::uint32_t> sysmon_wait{0};
-  // 1 while sysmon sleeps for long stretches (backed off): a blocking call then pokes it, so
-  // that a long call loses its P after about one tick rather than after the back-off.
-  std::atomic<std::uint32_t> sysmon_deep{0};
+  // Counters, for tests and (later) schedtrace: Gs stopped by the preemption signal, Ps
+  // retaken from blocking calls.
+  std::atomic<std::uint64_t> npreempted{0};
+  std::atomic<std::uint64_t> nretaken{0};
 };
 
 extern sched_t sched;
@@ -238,6 +240,16 @@ void wake(waiter* w) noexcept;                         // wake a G or a thread w
 void wait_on(waiter& w, const char* reason, transition unlock) noexcept;
 
 void wakep() noexcept;
+
+// For sysmon, preemption and blocking calls (proc.cpp).
+void acquirep(m* mp, p* pp, bool in_signal = false);
+p* releasep(m* mp);
+void handoffp(p* pp);
+void globrunqput(g* gp);
+void execute_on(m* mp, g* gp);  // mp (holding a P) now runs gp: a new time slice
+p* take_idle_p(p* prefer);      // `prefer` if it is idle, else any idle P, else null
+// Switches the running G gp to next (null: mp's g0), running `tr` once gp is off its stack.
+void leave_to(m* mp, g* gp, g* next, transition tr, bool dying);
 void timer_armed(std::int64_t when);  // a P's earliest timer changed to `when`
 
 // G lifecycle behind gort.hpp's detail:: functions (api.cpp forwards to these).

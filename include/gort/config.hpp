@@ -1,6 +1,7 @@
 // gort: runtime configuration.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 
 namespace gort {
@@ -21,6 +22,21 @@ struct config {
   // A multiple of the page size, at least 16 KiB.
   std::size_t stack_size = 256 * 1024;
   pin_policy pin = pin_policy::none;
+  // A G that runs this long without going through the scheduler is preempted (sysmon asks it
+  // to yield; see async_preempt). At least 100 us. Environment GORT_TIME_SLICE overrides, with
+  // a unit: "10ms", "500us".
+  std::chrono::nanoseconds time_slice = std::chrono::milliseconds(10);
+  // Preempt Gs that never call into the runtime (tight loops) with a signal (SIGURG). Without
+  // it, only runtime calls and gort::preempt_point() yield. Environment GORT_ASYNC_PREEMPT=0/1.
+  bool async_preempt = true;
+  // Most OS threads (Ms) the runtime may create: Ms in blocking calls, wired to Gs
+  // (lock_os_thread) or held for preemption need their own. Exceeding it is fatal, as in Go.
+  // Environment GORT_MAX_THREADS overrides.
+  unsigned max_threads = 10'000;
+  // The monitor thread behind preemption and blocking-call hand-off. Off only to measure what
+  // it costs: without it, long-running Gs are never preempted and a blocking call keeps its P.
+  // Environment GORT_SYSMON=0/1.
+  bool sysmon = true;
 };
 
 }  // namespace gort

@@ -64,6 +64,12 @@ GORT_API std::uint64_t current_g_id() noexcept;  // 0 outside a G
 GORT_API void run_main(const config& cfg, body_fn body, void* frame);
 
 GORT_API void yield_now() noexcept;
+GORT_API void preempt_point() noexcept;
+GORT_API void preempt_off() noexcept;
+GORT_API void preempt_on() noexcept;
+// Bracket a blocking call: enter returns a token for exit (null outside a G).
+GORT_API void* blocking_enter() noexcept;
+GORT_API void blocking_exit(void* token) noexcept;
 GORT_API void sleep_until_steady(std::int64_t steady_ns);
 GORT_API unsigned procs();
 
@@ -315,6 +321,42 @@ inline void swap(thread& a, thread& b) noexcept { a.swap(b); }
 // Lets other Gs run; the caller goes to the back of its processor's run queue. On a plain OS
 // thread: std::this_thread::yield().
 inline void yield() noexcept { detail::yield_now(); }
+
+// Yields if this G's time slice is over (sysmon asked it to). A few loads: for long loops
+// when asynchronous preemption is off (config.async_preempt). Does nothing inside no_preempt.
+inline void preempt_point() noexcept { detail::preempt_point(); }
+
+// Holds off preemption of the current G (asynchronous, and at preempt_point()) while alive,
+// e.g. around latency-critical work. Nests. yield() and blocking operations still switch. No
+// effect on a plain OS thread. docs/api.md "Preemption".
+class no_preempt {
+ public:
+  no_preempt() noexcept { detail::preempt_off(); }
+  ~no_preempt() { detail::preempt_on(); }
+  no_preempt(const no_preempt&) = delete;
+  no_preempt& operator=(const no_preempt&) = delete;
+};
+
+// Runs f(args...) — a call that may block the thread: file I/O, getaddrinfo, a third-party
+// blocking client — and returns its result. Cheap when the call is short (the G keeps its P);
+// when it lasts longer than a sysmon tick, the P is handed to another M so the Gs queued
+// behind keep running, and the G re-acquires a P on return. Inside f the thread acts as a
+// plain OS thread: gort calls made there block the thread (docs/api.md "Blocking calls").
+template <class F, class... A>
+decltype(auto) blocking(F&& f, A&&... args) {
+  struct scope {
+    void* token = detail::blocking_enter();
+    ~scope() { detail::blocking_exit(token); }
+  } s;
+  return std::invoke(std::forward<F>(f), std::forward<A>(args)...);
+}
+
+// Wires the calling G to its OS thread (Go's LockOSThread): until the matching
+// unlock_os_thread, the G runs only on this thread and the thread runs no other G. Nests
+// (each lock needs an unlock). For thread-affine APIs: thread-local state of C libraries,
+// OpenGL contexts, per-thread credentials. No effect on a plain OS thread.
+GORT_API void lock_os_thread();
+GORT_API void unlock_os_thread();
 
 // Parks the calling G (or sleeps the calling OS thread) for at least d. Never wakes early.
 template <class Rep, class Period>

@@ -1,0 +1,91 @@
+// gort: blocking calls and Gs wired to their thread (Go's entersyscall/exitsyscall and
+// LockOSThread). docs/design.md "Blocking calls" has the protocol; in short:
+//
+// A G about to block its thread marks its P `psyscall` and keeps it. If the call returns
+// before sysmon looks twice, the G takes the P back with one CAS and nothing else happened
+// (the cheap case, a few nanoseconds). If sysmon sees the same call in progress on two
+// consecutive ticks, it CASes the P to idle and hands it to another M, so the Gs queued
+// behind keep running. The returning G then takes its old P if idle, else any idle P; with
+// none it queues itself globally and its M parks until needed.
+//
+// Inside the call the thread behaves as a plain OS thread (no current G, no P): its P may be
+// in use elsewhere at any moment, so runtime code reached from inside the call must not touch
+// it. gort primitives used from there block the thread, as they would on any foreign thread.
+#include "gort/gort.hpp"
+#include "sched.hpp"
+
+namespace gort {
+
+namespace rt {
+namespace {
+
+// After the G is off its stack (on its M's g0, which holds no P): queue it for any M.
+void requeue_commit(fiber* f, void*) { ready(g_of(f), false); }
+
+}  // namespace
+}  // namespace rt
+
+namespace detail {
+
+void* blocking_enter() noexcept {
+  rt::m* mp = rt::getm();
+  rt::g* gp = mp ? mp->curg : nullptr;
+  if (!gp) return nullptr;  // a plain thread, or already inside a blocking call
+  rt::p* pp = mp->curp;
+  mp->oldp = pp;
+  mp->curg = nullptr;
+  mp->curp = nullptr;
+  pp->syscalltick.store(pp->syscalltick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  pp->status.store(rt::psyscall, std::memory_order_release);
+  return gp;
+}
+
+void blocking_exit(void* token) noexcept {
+  if (!token) return;
+  auto* gp = static_cast<rt::g*>(token);
+  rt::m* mp = rt::getm();
+  rt::p* pp = std::exchange(mp->oldp, nullptr);
+  std::uint32_t s = rt::psyscall;
+  if (pp->status.compare_exchange_strong(s, rt::prunning, std::memory_order_acq_rel)) {
+    // Nobody took it: carry on where we were (same time slice, same tick).
+    mp->curp = pp;
+    mp->curg = gp;
+    return;
+  }
+  // sysmon handed our P to another M meanwhile.
+  if (rt::p* np = rt::take_idle_p(pp)) {
+    rt::acquirep(mp, np);
+    rt::execute_on(mp, gp);
+    return;
+  }
+  // No P anywhere: off to the global queue, and this M waits for work (or, if the G is wired
+  // to it, for the G to come round again).
+  mp->curg = gp;  // curp stays null: the preemption handler leaves a P-less M alone
+  gp->status.store(rt::gstatus::runnable, std::memory_order_relaxed);
+  rt::leave_to(mp, gp, nullptr, {rt::requeue_commit, nullptr}, false);
+}
+
+}  // namespace detail
+
+void lock_os_thread() {
+  rt::m* mp = rt::getm();
+  rt::g* gp = mp ? mp->curg : nullptr;
+  if (!gp) return;  // a plain thread is its own thread already
+  if (gp->locked == ~0u) throw std::overflow_error("gort::lock_os_thread: nested too deeply");
+  if (gp->locked++ == 0) {
+    gp->lockedm = mp;
+    mp->lockedg = gp;
+  }
+}
+
+void unlock_os_thread() {
+  rt::m* mp = rt::getm();
+  rt::g* gp = mp ? mp->curg : nullptr;
+  if (!gp || gp->locked == 0) return;  // like Go: unlocking an unlocked G does nothing
+  if (--gp->locked == 0) {
+    gp->lockedm = nullptr;
+    mp->lockedg = nullptr;
+  }
+}
+
+}  // namespace gort

@@ -1,0 +1,707 @@
+// gort: the out-of-line half of include/gort/sync.hpp — mutex, shared_mutex,
+// condition_variable, semaphore, once_flag, latch, barrier.
+//
+// Every type keeps a FIFO of waiter nodes guarded by its own spin lock (`qlock_`). A node lives
+// on the blocked caller's stack (no allocation) and carries an rt::wait_state: the waker claims
+// it (under qlock_), the deadline may time it out, exactly one wins. The common park protocol:
+//
+//   spin_lock(qlock_); re-check the condition; publish intent in the state word; enqueue node;
+//   rt::block(node.ws, deadline, reason, unlock qlock_)   // released once we are off our stack
+//
+// so a waker, which takes qlock_ to find the node, never sees a G that is still running. A
+// waiter whose deadline won is still queued unless a waker popped it first and lost the claim;
+// wakers pop under qlock_ and clear `queued`, so the timed-out owner takes qlock_ and unlinks
+// itself only if still queued. A waker that loses a claim just moves on to the next node.
+#include "gort/sync.hpp"
+
+#include <thread>
+
+#include "sched.hpp"
+#include "wait.hpp"
+
+namespace gort {
+
+namespace {
+
+struct wnode {
+  rt::wait_state ws;
+  wnode* next = nullptr;
+  wnode* prev = nullptr;
+  bool queued = false;
+  bool writer = false;  // shared_mutex: a writer (else a reader)
+};
+
+// A doubly linked FIFO over a type's head_/tail_ words (kept as void* in the public header).
+// All calls under the owner's qlock_.
+struct wqueue {
+  void*& h;
+  void*& t;
+  wnode* head() const noexcept { return static_cast<wnode*>(h); }
+  bool empty() const noexcept { return h == nullptr; }
+  void push_back(wnode* n) noexcept {
+    n->next = nullptr;
+    n->prev = static_cast<wnode*>(t);
+    if (n->prev) n->prev->next = n;
+    else h = n;
+    t = n;
+    n->queued = true;
+  }
+  void push_front(wnode* n) noexcept {
+    n->prev = nullptr;
+    n->next = static_cast<wnode*>(h);
+    if (n->next) n->next->prev = n;
+    else t = n;
+    h = n;
+    n->queued = true;
+  }
+  void remove(wnode* n) noexcept {
+    if (n->prev) n->prev->next = n->next;
+    else h = n->next;
+    if (n->next) n->next->prev = n->prev;
+    else t = n->prev;
+    n->next = n->prev = nullptr;
+    n->queued = false;
+  }
+  wnode* pop() noexcept {
+    wnode* n = head();
+    if (n) remove(n);
+    return n;
+  }
+  // The first waiter that can still be claimed; timed-out ones are dropped (their owners find
+  // themselves unqueued and leave).
+  wnode* pop_claim() noexcept {
+    while (wnode* n = pop())
+      if (rt::claim(n->ws)) return n;
+    return nullptr;
+  }
+};
+
+void unlock_commit(rt::fiber*, void* l) { rt::spin_unlock(*static_cast<std::atomic<std::uint32_t>*>(l)); }
+
+// Blocks on n (queued under ql, which the caller holds); ql is released once committed.
+bool park_on(wnode& n, std::atomic<std::uint32_t>& ql, std::int64_t deadline, const char* reason) {
+  return rt::block(n.ws, deadline, reason, {unlock_commit, &ql});
+}
+
+struct qguard {
+  std::atomic<std::uint32_t>& l;
+  explicit qguard(std::atomic<std::uint32_t>& x) noexcept : l(x) { rt::spin_lock(l); }
+  ~qguard() { rt::spin_unlock(l); }
+  qguard(const qguard&) = delete;
+  qguard& operator=(const qguard&) = delete;
+};
+
+[[noreturn]] void not_permitted(const char* what) {
+  throw std::system_error(std::make_error_code(std::errc::operation_not_permitted), what);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// mutex: Go's sync.Mutex protocol on one word, with our own wait queue in place of Go's
+// semaphore.
+//
+//   locked   owned by someone
+//   woken    a waiter has been woken (or a spinner announced itself) and will retry: unlock
+//            need not wake another. Whoever holds the bit clears it in its next state CAS.
+//   starving unlock hands the lock to the queue's head; nobody else may take it
+//   waiters  the queue is not empty (changed only under qlock_)
+//
+// Lost wake-ups: a locker sets `waiters` with a CAS that requires `locked` (or `starving`),
+// under qlock_, and keeps qlock_ until parked; an unlocker clears `locked` with a CAS and, if
+// it saw `waiters`, takes qlock_. The CASes on the word are totally ordered, so either the
+// unlocker sees `waiters` (and then finds the node, since it waits for qlock_), or the locker's
+// CAS fails and it re-reads an unlocked mutex and takes it.
+//
+// Starvation: a waiter woken in normal mode competes with running lockers, which usually win
+// (they are on CPU). One that has waited more than 1 ms re-queues at the head and sets
+// `starving`; from then on unlock keeps `locked` set and hands ownership to the head waiter
+// directly (FIFO, the winner marked by ws.winner), and new lockers queue at the tail. The
+// mode ends when the queue drains or a handed-off waiter had waited less than 1 ms. `starving`
+// is only ever set together with `locked`, and every path that clears `locked` in starving mode
+// also clears `starving`, so the mutex is never "starving, unlocked, with no one to hand it on".
+
+namespace {
+constexpr std::uint32_t m_locked = 1, m_woken = 2, m_starving = 4, m_waiters = 8;
+constexpr std::int64_t starve_ns = 1'000'000;
+char handoff_tag;  // ws.winner of a waiter that was handed the lock
+
+// Go's rule: spin only a few rounds, only when other Ps are running (the holder may be one of
+// them and about to unlock) and nothing else waits for this P.
+bool can_spin(int iter) {
+  if (iter >= 4) return false;
+  rt::m* mp = rt::getm();
+  if (!mp || !mp->curp) {
+    static const bool multi = std::thread::hardware_concurrency() > 1;
+    return multi;
+  }
+  const std::uint32_t n = rt::sched.nprocs;
+  if (n <= 1) return false;
+  if (rt::sched.npidle.load(std::memory_order_relaxed) +
+          rt::sched.nmspinning.load(std::memory_order_relaxed) + 1 >= n)
+    return false;
+  return mp->curp->q.empty();
+}
+void spin_pause() noexcept {
+  for (int i = 0; i < 30; ++i) rt::cpu_relax();
+}
+}  // namespace
+
+bool mutex::lock_slow(std::int64_t deadline) {
+  rt::preempt_check();
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  std::int64_t wait_start = 0;
+  bool starving = false, awoke = false;
+  int iter = 0;
+  std::uint32_t old = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if ((old & (m_locked | m_starving)) == m_locked && can_spin(iter)) {
+      // Tell unlock not to wake a waiter: we are about to take it ourselves.
+      if (!awoke && !(old & m_woken) && (old & m_waiters) &&
+          state_.compare_exchange_weak(old, old | m_woken, std::memory_order_relaxed))
+        awoke = true;
+      spin_pause();
+      ++iter;
+      old = state_.load(std::memory_order_relaxed);
+      continue;
+    }
+    if (!(old & (m_locked | m_starving))) {
+      const std::uint32_t nw = (old | m_locked) & ~(awoke ? m_woken : 0u);
+      if (state_.compare_exchange_weak(old, nw, std::memory_order_acquire, std::memory_order_relaxed))
+        return true;
+      continue;
+    }
+    if (deadline && rt::nanotime() >= deadline) {
+      if (awoke) state_.fetch_and(~m_woken, std::memory_order_relaxed);
+      return false;
+    }
+    rt::spin_lock(qlock_);
+    old = state_.load(std::memory_order_relaxed);
+    bool free_now = false;
+    for (;;) {
+      if (!(old & (m_locked | m_starving))) {
+        free_now = true;
+        break;
+      }
+      std::uint32_t nw = old | m_waiters;
+      if (awoke) nw &= ~m_woken;
+      if (starving && (old & m_locked)) nw |= m_starving;
+      if (state_.compare_exchange_weak(old, nw, std::memory_order_relaxed)) break;
+    }
+    if (free_now) {
+      rt::spin_unlock(qlock_);
+      continue;  // `old` is current; still owning `woken` if awoke (cleared when we take it)
+    }
+    awoke = false;  // the CAS above gave `woken` back
+    wnode n;
+    // A waiter that was woken and lost the race goes back to the front (Go's LIFO requeue):
+    // it has waited longest.
+    if (wait_start) q.push_front(&n);
+    else q.push_back(&n);
+    if (!wait_start) wait_start = rt::nanotime();
+    if (!park_on(n, qlock_, deadline, "mutex")) {
+      qguard g(qlock_);
+      if (n.queued) {
+        q.remove(&n);
+        if (q.empty()) state_.fetch_and(~(m_waiters | m_starving), std::memory_order_relaxed);
+      }
+      return false;
+    }
+    starving = starving || rt::nanotime() - wait_start > starve_ns;
+    if (n.ws.winner == &handoff_tag) {
+      // Handed off: `locked` was kept set for us. Leave starvation mode if we did not starve.
+      if (!starving) state_.fetch_and(~m_starving, std::memory_order_relaxed);
+      return true;
+    }
+    awoke = true;  // unlock set `woken` for us
+    iter = 0;
+    old = state_.load(std::memory_order_relaxed);
+  }
+}
+
+bool mutex::unlock_quiet() {
+  wqueue q{head_, tail_};
+  std::uint32_t old = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if (!(old & m_locked)) not_permitted("gort::mutex::unlock: the mutex is not locked");
+    if (old & m_starving) break;
+    std::uint32_t nw = old & ~m_locked;
+    const bool wake = (old & m_waiters) && !(old & m_woken);
+    if (wake) nw |= m_woken;
+    if (!state_.compare_exchange_weak(old, nw, std::memory_order_release, std::memory_order_relaxed))
+      continue;
+    if (!wake) return false;
+    wnode* n;
+    {
+      qguard g(qlock_);
+      n = q.pop_claim();
+      std::uint32_t clear = n ? 0u : m_woken;  // nobody to wake after all: give `woken` back
+      if (q.empty()) clear |= m_waiters;
+      if (clear) state_.fetch_and(~clear, std::memory_order_relaxed);
+    }
+    if (n) rt::finish(n->ws);  // it retries the lock (normal mode)
+    return false;
+  }
+  // Starving: hand the lock over with `locked` kept set.
+  wnode* n;
+  {
+    qguard g(qlock_);
+    n = q.pop_claim();
+    if (!n) {
+      state_.fetch_and(~(m_locked | m_starving | m_waiters), std::memory_order_release);
+      return false;
+    }
+    n->ws.winner = &handoff_tag;
+    if (q.empty()) state_.fetch_and(~(m_starving | m_waiters), std::memory_order_relaxed);
+  }
+  rt::finish(n->ws);  // release: our critical section happens-before its
+  return true;
+}
+
+void mutex::unlock_slow() {
+  bool handed;
+  {
+    rt::nopreempt_scope np;
+    handed = unlock_quiet();
+  }
+  // As Go: let the new owner run now rather than after our time slice (it is in our runnext).
+  if (handed && rt::getg()) rt::yield_g();
+}
+
+// ---------------------------------------------------------------------------------------------
+// shared_mutex. state_: writer bit, pending bit (queue not empty), reader count from bit 2.
+//
+// Fast paths never take a queued mutex: they require !pending (and a writer needs state 0).
+// So while the queue is non-empty, the state changes only under qlock_ or by releases
+// (readers leaving, a writer leaving), and grant() — run under qlock_ by whoever releases
+// with `pending` seen, and after a timeout — decides who goes next. After every grant the
+// queue is empty or someone holds the lock, whose release will grant again; a release that
+// made the lock free and saw `pending` always goes on to grant.
+
+namespace {
+constexpr std::uint64_t rw_writer = 1, rw_pending = 2, rw_reader = 4;
+
+void rw_grant(std::atomic<std::uint64_t>& st, wqueue& q) noexcept {
+  while (wnode* n = q.head()) {
+    const std::uint64_t s = st.load(std::memory_order_relaxed);
+    if (n->writer) {
+      if (s & ~rw_pending) break;  // held: its release grants
+      q.pop();
+      if (!rt::claim(n->ws)) continue;
+      st.fetch_or(rw_writer, std::memory_order_acquire);
+      rt::finish(n->ws);
+      break;
+    }
+    if (s & rw_writer) break;
+    q.pop();
+    if (!rt::claim(n->ws)) continue;
+    st.fetch_add(rw_reader, std::memory_order_acquire);  // readers at the front go in together
+    rt::finish(n->ws);
+  }
+  if (q.empty()) st.fetch_and(~rw_pending, std::memory_order_release);
+}
+}  // namespace
+
+bool shared_mutex::lock_slow(std::int64_t deadline) {
+  rt::preempt_check();
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  rt::spin_lock(qlock_);
+  std::uint64_t s = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if (!(s & ~rw_pending) && q.empty()) {
+      if (state_.compare_exchange_weak(s, (s | rw_writer) & ~rw_pending, std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+        rt::spin_unlock(qlock_);
+        return true;
+      }
+      continue;
+    }
+    if (state_.compare_exchange_weak(s, s | rw_pending, std::memory_order_relaxed)) break;
+  }
+  if (deadline && rt::nanotime() >= deadline) {
+    if (q.empty()) state_.fetch_and(~rw_pending, std::memory_order_relaxed);
+    rt::spin_unlock(qlock_);
+    return false;
+  }
+  wnode n;
+  n.writer = true;
+  q.push_back(&n);
+  if (park_on(n, qlock_, deadline, "rwmutex")) return true;  // granted: the writer bit is ours
+  qguard g(qlock_);
+  if (n.queued) {
+    q.remove(&n);
+    rw_grant(state_, q);  // readers queued behind us may be free to go now
+  }
+  return false;
+}
+
+bool shared_mutex::lock_shared_slow(std::int64_t deadline) {
+  rt::preempt_check();
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  rt::spin_lock(qlock_);
+  std::uint64_t s = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if (!(s & rw_writer) && q.empty()) {
+      if (state_.compare_exchange_weak(s, (s + rw_reader) & ~rw_pending, std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+        rt::spin_unlock(qlock_);
+        return true;
+      }
+      continue;
+    }
+    if (state_.compare_exchange_weak(s, s | rw_pending, std::memory_order_relaxed)) break;
+  }
+  if (deadline && rt::nanotime() >= deadline) {
+    if (q.empty()) state_.fetch_and(~rw_pending, std::memory_order_relaxed);
+    rt::spin_unlock(qlock_);
+    return false;
+  }
+  wnode n;
+  q.push_back(&n);
+  if (park_on(n, qlock_, deadline, "rwmutex")) return true;
+  qguard g(qlock_);
+  if (n.queued) {
+    q.remove(&n);
+    rw_grant(state_, q);
+  }
+  return false;
+}
+
+void shared_mutex::unlock() {
+  std::uint64_t s = state_.load(std::memory_order_relaxed);
+  do {
+    if (!(s & rw_writer)) not_permitted("gort::shared_mutex::unlock: not locked for writing");
+  } while (!state_.compare_exchange_weak(s, s & ~rw_writer, std::memory_order_release,
+                                         std::memory_order_relaxed));
+  if (!(s & rw_pending)) return;
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  qguard g(qlock_);
+  rw_grant(state_, q);
+}
+
+void shared_mutex::unlock_shared() {
+  std::uint64_t s = state_.load(std::memory_order_relaxed);
+  do {
+    if (s < rw_reader) not_permitted("gort::shared_mutex::unlock_shared: not locked for reading");
+  } while (!state_.compare_exchange_weak(s, s - rw_reader, std::memory_order_release,
+                                         std::memory_order_relaxed));
+  s -= rw_reader;
+  if (s >= rw_reader || !(s & rw_pending)) return;
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  qguard g(qlock_);
+  rw_grant(state_, q);
+}
+
+// ---------------------------------------------------------------------------------------------
+// condition_variable. The waiter enqueues before it unlocks the mutex (a notify after the
+// unlock must find it), but it cannot block until the mutex is unlocked, and unlocking under
+// qlock_ would nest the mutex's queue lock and wakes inside ours. So it waits in two steps:
+// enqueue (node published with no G yet); unlock the mutex; take qlock_ again and, if no notify
+// claimed the node meanwhile, block — rt::block records the G before qlock_ is released, and
+// notifiers claim and finish only under qlock_, so they either see the G parked or finished a
+// node with no G (rt::finish then just stores `done`), which the waiter sees under qlock_.
+
+bool condition_variable::wait_impl(std::unique_lock<mutex>& lk, std::int64_t deadline) {
+  if (!lk.owns_lock())
+    not_permitted("gort::condition_variable::wait: the unique_lock does not hold its mutex");
+  rt::preempt_check();
+  mutex* mu = lk.mutex();
+  bool woke;
+  {
+    rt::nopreempt_scope np;
+    wqueue q{head_, tail_};
+    wnode n;
+    rt::spin_lock(qlock_);
+    q.push_back(&n);
+    rt::spin_unlock(qlock_);
+    try {
+      mu->unlock_quiet();
+    } catch (...) {
+      qguard g(qlock_);
+      if (n.queued) q.remove(&n);
+      throw;
+    }
+    rt::spin_lock(qlock_);
+    if (n.ws.v.load(std::memory_order_acquire) == rt::wait_state::pending) {
+      woke = park_on(n, qlock_, deadline, "condition_variable");
+      if (!woke) {
+        qguard g(qlock_);
+        if (n.queued) q.remove(&n);
+      }
+    } else {
+      rt::spin_unlock(qlock_);
+      woke = true;
+    }
+  }
+  mu->lock();
+  return woke;
+}
+
+void condition_variable::notify_one() noexcept {
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  qguard g(qlock_);
+  if (wnode* n = q.pop_claim()) rt::finish(n->ws);
+}
+
+void condition_variable::notify_all() noexcept {
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  qguard g(qlock_);
+  while (wnode* n = q.pop_claim()) rt::finish(n->ws);
+}
+
+// ---------------------------------------------------------------------------------------------
+// semaphore. state_: queued waiters (high 32 bits) | units (low 32). A waiter registers in
+// the high half with a CAS that requires zero units, under qlock_, and stays under qlock_ until
+// parked; a fast release adds units with a CAS that requires zero waiters. So a release either
+// adds units no waiter is about to miss, or sees waiters and takes qlock_ to hand units to the
+// queue (FIFO) first. The waiter count is the queue length: whoever unlinks a node drops it.
+
+namespace {
+constexpr std::uint64_t sem_waiter = std::uint64_t{1} << 32;
+}
+
+bool semaphore::acquire_slow(std::int64_t deadline) {
+  rt::preempt_check();
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  rt::spin_lock(qlock_);
+  std::uint64_t s = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if (s & count_mask) {
+      if (state_.compare_exchange_weak(s, s - 1, std::memory_order_acquire, std::memory_order_relaxed)) {
+        rt::spin_unlock(qlock_);
+        return true;
+      }
+      continue;
+    }
+    if (deadline && rt::nanotime() >= deadline) {
+      rt::spin_unlock(qlock_);
+      return false;
+    }
+    if (state_.compare_exchange_weak(s, s + sem_waiter, std::memory_order_relaxed)) break;
+  }
+  wnode n;
+  q.push_back(&n);
+  if (park_on(n, qlock_, deadline, "semaphore")) return true;  // a unit was handed to us
+  qguard g(qlock_);
+  if (n.queued) {
+    q.remove(&n);
+    state_.fetch_sub(sem_waiter, std::memory_order_relaxed);
+  }
+  return false;
+}
+
+void semaphore::release(std::ptrdiff_t n) {
+  if (n < 0 || n > max()) throw std::invalid_argument("gort::semaphore::release: count out of range [0, max()]");
+  if (n == 0) return;
+  rt::preempt_check();
+  const auto add = static_cast<std::uint64_t>(n);
+  auto add_units = [this](std::uint64_t k, bool need_no_waiters) {
+    std::uint64_t s = state_.load(std::memory_order_relaxed);
+    for (;;) {
+      if (need_no_waiters && s >= sem_waiter) return false;
+      if ((s & count_mask) + k > static_cast<std::uint64_t>(max()))
+        throw std::invalid_argument("gort::semaphore::release: count would exceed max()");
+      if (state_.compare_exchange_weak(s, s + k, std::memory_order_release, std::memory_order_relaxed))
+        return true;
+    }
+  };
+  if (add_units(add, true)) return;
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  std::uint64_t left = add;
+  {
+    qguard g(qlock_);
+    while (left) {
+      wnode* w = q.pop();
+      if (!w) break;
+      state_.fetch_sub(sem_waiter, std::memory_order_relaxed);
+      if (!rt::claim(w->ws)) continue;  // timed out: it leaves without a unit
+      rt::finish(w->ws);
+      --left;
+    }
+  }
+  if (left) add_units(left, false);
+}
+
+// ---------------------------------------------------------------------------------------------
+// once_flag. state_ 0 -> 1 (a caller runs f) -> 2 (done) or back to 0 (f threw). Waiters park
+// while it is 1; the runner's finish() changes the state and wakes them under qlock_, and a
+// waiter re-checks the state under qlock_ before parking, so none sleeps through the finish.
+
+bool once_flag::begin() {
+  rt::preempt_check();
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  for (;;) {
+    std::uint32_t s = state_.load(std::memory_order_acquire);
+    if (s == 2) return false;
+    if (s == 0) {
+      if (state_.compare_exchange_strong(s, 1, std::memory_order_acquire, std::memory_order_relaxed))
+        return true;
+      continue;
+    }
+    rt::spin_lock(qlock_);
+    if (state_.load(std::memory_order_acquire) != 1) {
+      rt::spin_unlock(qlock_);
+      continue;
+    }
+    wnode n;
+    q.push_back(&n);
+    park_on(n, qlock_, 0, "once");
+  }
+}
+
+void once_flag::finish(bool ok) noexcept {
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  qguard g(qlock_);
+  state_.store(ok ? 2 : 0, std::memory_order_release);
+  // All of them: after a failure they race to run f again, one wins, the rest wait again.
+  while (wnode* n = q.pop_claim()) rt::finish(n->ws);
+}
+
+// ---------------------------------------------------------------------------------------------
+// latch. state_: count (high 32) | registered waiters (low 32), as wait_group. A waiter
+// registers with a CAS that requires count > 0, under qlock_, and stays under qlock_ until
+// parked. The count_down that reaches zero learns how many registered: with none it is done
+// and never touches the latch again; with w it takes the w nodes off the queue, and only then
+// subtracts w, its last touch of the latch, before waking them. A wait() that finds count 0
+// with waiters still registered spins until they are subtracted, so it cannot return (and let
+// its caller destroy the latch) while that count_down still uses it.
+
+void latch::count_down(std::ptrdiff_t n) {
+  if (n < 0 || n > max()) throw std::invalid_argument("gort::latch::count_down: update out of range [0, max()]");
+  const std::uint64_t d = static_cast<std::uint64_t>(n) << 32;
+  std::uint64_t s = state_.load(std::memory_order_relaxed);
+  do {
+    if ((s >> 32) < static_cast<std::uint64_t>(n))
+      throw std::invalid_argument("gort::latch::count_down: the count would go below zero");
+  } while (!state_.compare_exchange_weak(s, s - d, std::memory_order_acq_rel, std::memory_order_relaxed));
+  s -= d;
+  const auto w = static_cast<std::uint32_t>(s);
+  if ((s >> 32) != 0 || w == 0 || n == 0) return;
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  wnode* list;
+  {
+    qguard g(qlock_);
+    list = q.head();
+    head_ = tail_ = nullptr;  // all w registered waiters are queued: each held qlock_ from its CAS to its park
+  }
+  state_.fetch_sub(w, std::memory_order_release);
+  for (wnode* x = list; x;) {
+    wnode* next = x->next;  // x's memory may vanish once it is finished
+    x->queued = false;
+    if (rt::claim(x->ws)) rt::finish(x->ws);
+    x = next;
+  }
+}
+
+void latch::wait() const {
+  std::uint64_t s = state_.load(std::memory_order_acquire);
+  if ((s >> 32) != 0) {
+    rt::preempt_check();
+    rt::nopreempt_scope np;
+    wqueue q{head_, tail_};
+    rt::spin_lock(qlock_);
+    s = state_.load(std::memory_order_acquire);
+    while ((s >> 32) != 0) {
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        wnode n;
+        q.push_back(&n);
+        park_on(n, qlock_, 0, "latch");
+        return;
+      }
+    }
+    rt::spin_unlock(qlock_);
+  }
+  // Count is zero: wait out a count_down still waking registered waiters (see above).
+  for (int i = 0; static_cast<std::uint32_t>(state_.load(std::memory_order_acquire)) != 0; ++i) {
+    if (i < 64) rt::cpu_relax();
+    else gort::yield();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// barrier. Everything under qlock_: remaining arrivals this phase, the phase number, and the
+// waiters of the current phase. The last arrival runs the completion without the lock (it may
+// take long, even block), then advances the phase and wakes the waiters after releasing the
+// lock; a waiter checks the phase under the lock before parking, so none misses the advance.
+// The lock release is the last touch of the barrier, and waiters wake only after it.
+
+namespace detail {
+
+barrier_core::barrier_core(std::ptrdiff_t expected) {
+  if (expected < 0 || expected > 0x7fffffff)
+    throw std::invalid_argument("gort::barrier: expected count out of range [0, max()]");
+  expected_ = remaining_ = expected;
+}
+
+std::uint64_t barrier_core::arrive(std::ptrdiff_t n, bool drop, void (*complete)(void*), void* ctx) {
+  if (n <= 0) throw std::invalid_argument("gort::barrier::arrive: update must be positive");
+  rt::preempt_check();
+  std::uint64_t phase;
+  bool last;
+  {
+    rt::nopreempt_scope np;
+    qguard g(qlock_);
+    if (n > remaining_)
+      throw std::invalid_argument("gort::barrier::arrive: more arrivals than expected in this phase");
+    phase = phase_;
+    remaining_ -= n;
+    if (drop) expected_ -= n;
+    last = remaining_ == 0;
+  }
+  if (!last) return phase;
+  auto advance = [this] {
+    rt::nopreempt_scope np;
+    wnode* list;
+    {
+      qguard g(qlock_);
+      remaining_ = expected_;
+      ++phase_;
+      list = static_cast<wnode*>(head_);
+      head_ = tail_ = nullptr;
+    }
+    for (wnode* x = list; x;) {
+      wnode* next = x->next;
+      x->queued = false;
+      if (rt::claim(x->ws)) rt::finish(x->ws);
+      x = next;
+    }
+  };
+  try {
+    complete(ctx);
+  } catch (...) {
+    advance();  // release the waiters anyway; the exception goes to the last arriver
+    throw;
+  }
+  advance();
+  return phase;
+}
+
+void barrier_core::wait(std::uint64_t phase) const {
+  rt::preempt_check();
+  rt::nopreempt_scope np;
+  wqueue q{head_, tail_};
+  rt::spin_lock(qlock_);
+  if (phase_ != phase) {
+    rt::spin_unlock(qlock_);
+    return;
+  }
+  wnode n;
+  q.push_back(&n);
+  park_on(n, qlock_, 0, "barrier");
+}
+
+}  // namespace detail
+
+}  // namespace gort

@@ -1,0 +1,177 @@
+// gort: sysmon, the monitor thread. It holds no P and runs no Gs; it watches the Ps and acts
+// where a P is stuck:
+//   - a G has run for longer than its time slice without passing through the scheduler:
+//     ask it to yield (preempt_req, checked at runtime calls) and, with asynchronous
+//     preemption, signal its M (preempt.cpp);
+//   - an M was stopped by that signal (ppreempted): move its G to the global queue, wired to
+//     the M, and hand the P to another M;
+//   - an M has been inside gort::blocking() for more than a tick: retake its P and hand it on
+//     (blocking.cpp has the other half).
+//
+// Cadence. A tick is 20 us while sysmon finds things to do. After 50 ticks in a row with
+// nothing to do it doubles its sleep, up to time_slice / 10 (1 ms by default) — not Go's
+// 10 ms: a G's slice is measured from the first tick that sees it, so the sleep bounds how
+// late a preemption can come, and wake-up latency behind a spinning G is what users notice.
+// It also never sleeps past the moment the oldest running slice expires. When every P is idle
+// it sleeps with no deadline (no CPU at all) until a P is taken from the idle list
+// (pidle_taken wakes it).
+//
+// Samples are taken without stopping anyone: a P's schedtick or syscalltick that moved
+// between two looks means progress; only an unchanged value across ticks triggers action, and
+// every action is a CAS on p->status that the P's own M races against fairly.
+#include <pthread.h>
+
+#include <algorithm>
+#include <thread>
+#include <vector>
+
+#include "sched.hpp"
+
+namespace gort::rt {
+
+void preempt_m(m* mp) noexcept;
+
+namespace {
+
+constexpr std::int64_t tick_ns = 20'000;
+constexpr int idle_ticks_before_backoff = 50;
+// A G that ignores a preemption request (inside no_preempt, or in runtime code) is signalled
+// again no more often than this: its M would otherwise take a signal every tick.
+constexpr std::int64_t resignal_ns = 1'000'000;
+
+struct psample {
+  std::uint32_t schedtick = 0;
+  std::int64_t schedwhen = 0;
+  std::uint32_t syscalltick = 0;
+  bool in_syscall = false;  // the last look saw this syscalltick inside a blocking call
+  std::int64_t signalled = 0;
+};
+
+std::thread monitor;
+
+// Step 4 of preempt.cpp's protocol: the P's M is parked in the signal handler with its G.
+void take_preempted(p* pp) {
+  m* mp = pp->curm.load(std::memory_order_relaxed);
+  g* gp = mp->curg;
+  gp->lockedm = mp;
+  gp->status.store(gstatus::runnable, std::memory_order_relaxed);
+  pp->curm.store(nullptr, std::memory_order_relaxed);
+  mp->curp = nullptr;
+  pp->status.store(pidle, std::memory_order_release);
+  globrunqput(gp);
+  sched.npreempted.fetch_add(1, std::memory_order_relaxed);
+  handoffp(pp);  // the global queue is not empty: this starts an M on pp
+}
+
+// One look at every P. Returns whether anything needed doing; *next_deadline is lowered to
+// when the oldest running slice will have expired.
+bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t* next_deadline) {
+  bool acted = false;
+  for (std::size_t i = 0; i < sched.ps.size(); ++i) {
+    p* pp = sched.ps[i];
+    psample& s = ps[i];
+    std::uint32_t st = pp->status.load(std::memory_order_acquire);
+    if (st == ppreempted) {
+      take_preempted(pp);
+      acted = true;
+      continue;
+    }
+    if (st == psyscall) {
+      std::uint32_t t = pp->syscalltick.load(std::memory_order_relaxed);
+      if (!s.in_syscall || t != s.syscalltick) {
+        s.syscalltick = t;
+        s.in_syscall = true;
+        continue;
+      }
+      // The same call on two looks, at least a tick apart: the P is wasted where it is.
+      std::uint32_t expect = psyscall;
+      if (pp->status.compare_exchange_strong(expect, pidle, std::memory_order_acq_rel)) {
+        pp->curm.store(nullptr, std::memory_order_relaxed);
+        sched.nretaken.fetch_add(1, std::memory_order_relaxed);
+        handoffp(pp);
+        acted = true;
+      }
+      s.in_syscall = false;
+      continue;
+    }
+    s.in_syscall = false;
+    if (st != prunning) continue;
+    m* mp = pp->curm.load(std::memory_order_relaxed);
+    if (!mp) continue;  // between owners
+    std::uint32_t t = pp->schedtick.load(std::memory_order_relaxed);
+    if (t != s.schedtick || s.schedwhen == 0) {
+      s.schedtick = t;
+      s.schedwhen = now;
+      s.signalled = 0;
+    } else if (now - s.schedwhen >= sched.time_slice_ns) {
+      // Over its slice. A first request counts as action (sysmon stays alert to hand the P
+      // on quickly); repeats for a G that cannot be stopped yet do not, and are rate-limited.
+      if (s.signalled == 0) {
+        pp->preempt_req.store(t, std::memory_order_relaxed);
+        acted = true;
+      }
+      if (s.signalled == 0 || now - s.signalled >= resignal_ns) {
+        if (sched.async_preempt) preempt_m(mp);
+        s.signalled = now;
+      }
+      continue;
+    }
+    *next_deadline = std::min(*next_deadline, s.schedwhen + sched.time_slice_ns);
+  }
+  return acted;
+}
+
+void sysmon_main() {
+  std::vector<psample> samples(sched.ps.size());
+  const std::int64_t max_sleep = std::clamp<std::int64_t>(sched.time_slice_ns / 10, tick_ns, 10'000'000);
+  std::int64_t sleep = tick_ns;
+  int idle = 0;
+  while (sched.state.load(std::memory_order_acquire) == 1) {
+    // Every P idle: sleep until one is taken (pidle_taken), with no timeout at all.
+    if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs) {
+      sched.sysmon_note.clear();
+      sched.sysmon_wait.store(1, std::memory_order_seq_cst);
+      if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
+          sched.state.load(std::memory_order_seq_cst) == 1)
+        sched.sysmon_note.sleep();
+      sched.sysmon_wait.store(0, std::memory_order_seq_cst);
+      for (psample& s : samples) s = psample{};
+      sleep = tick_ns;
+      idle = 0;
+      continue;
+    }
+    // Cleared before the look, so that a poke during or after it cuts the next sleep short;
+    // a poke before it describes state the look sees anyway.
+    sched.sysmon_note.clear();
+    std::int64_t now = nanotime();
+    std::int64_t deadline = now + max_sleep;
+    if (retake(samples, now, &deadline)) {
+      idle = 0;
+      sleep = tick_ns;
+    } else if (++idle > idle_ticks_before_backoff) {
+      sleep = std::min(sleep * 2, max_sleep);
+    }
+    // A blocking call seen now is retaken at the next look if still in progress; that look is
+    // not brought forward: in a loop of short blocking calls nearly every look sees one, and
+    // sysmon would tick every 20 us for nothing.
+    sched.sysmon_note.sleep_until(std::max(std::min(now + sleep, deadline), now + tick_ns));
+  }
+}
+
+}  // namespace
+
+void sysmon_poke() noexcept { sched.sysmon_note.wakeup(); }
+
+void sysmon_start() {
+  if (!sched.sysmon_on) return;
+  monitor = std::thread(sysmon_main);
+}
+
+// After the state left "running": wake it so it sees that and exits.
+void sysmon_stop() {
+  if (!monitor.joinable()) return;
+  sched.sysmon_note.wakeup();
+  monitor.join();
+}
+
+}  // namespace gort::rt
