@@ -402,7 +402,14 @@ namespace {
 // The M of a G locked to it (lock_os_thread) whose G is not runnable: gives its P away and
 // sleeps until whoever dequeues the G hands a P back (startlockedm). False on shutdown.
 bool stoplockedm(m* mp) {
-  if (mp->curp) handoffp(releasep(mp));
+  if (mp->curp) {
+    if (sched.state.load(std::memory_order_acquire) == 1) {
+      handoffp(releasep(mp));
+    } else {
+      std::lock_guard<spinlock> l(sched.lock);
+      pidleput(releasep(mp));
+    }
+  }
   for (;;) {
     mp->park.clear();
     if (p* pp = mp->nextp_take()) {
@@ -1286,7 +1293,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   // M so it sees the state and exits. Ms running a G exit when that G next enters the
   // scheduler; the G is abandoned.
   sched.state.store(2, std::memory_order_seq_cst);
-  sysmon_stop();  // first: it signals Ms, which must all still exist
+  sched.sysmon_note.wakeup();  // it stops Gs that are still running (sysmon.cpp)
   while (sched.foreign.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   std::vector<m*> ms;
   {
@@ -1300,6 +1307,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
     std::lock_guard<spinlock> l(sched.lock);
     ms = sched.ms;
   }
+  sysmon_stop();  // before the joins: it may still be signalling a thread on its way out
   for (m* mp : ms)
     if (mp->thr.joinable()) mp->thr.join();
   uninstall_preempt_handler();

@@ -48,6 +48,7 @@ struct psample {
 };
 
 std::thread monitor;
+std::atomic<bool> quit{false};
 
 // Step 4 of preempt.cpp's protocol: the P's M is parked in the signal handler with its G.
 void take_preempted(p* pp) {
@@ -67,10 +68,23 @@ void take_preempted(p* pp) {
 // when the oldest running slice will have expired.
 bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t* next_deadline) {
   bool acted = false;
+  const bool stopping = sched.state.load(std::memory_order_acquire) != 1;
   for (std::size_t i = 0; i < sched.ps.size(); ++i) {
     p* pp = sched.ps[i];
     psample& s = ps[i];
     std::uint32_t st = pp->status.load(std::memory_order_acquire);
+    if (stopping) {
+      // Shutdown: every G still running is abandoned. Stop it wherever it is (the handler sees
+      // the state and sends its M to exit), so that a G in an endless loop cannot hold
+      // shutdown up. Ms already held in the handler are woken by run_main.
+      if (st != prunning) continue;
+      if (m* mp = pp->curm.load(std::memory_order_relaxed); mp && now - s.signalled >= resignal_ns) {
+        pp->preempt_req.store(pp->schedtick.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        if (sched.async_preempt) preempt_m(mp);
+        s.signalled = now;
+      }
+      continue;
+    }
     if (st == ppreempted) {
       take_preempted(pp);
       acted = true;
@@ -126,13 +140,14 @@ void sysmon_main() {
   const std::int64_t max_sleep = std::clamp<std::int64_t>(sched.time_slice_ns / 10, tick_ns, 10'000'000);
   std::int64_t sleep = tick_ns;
   int idle = 0;
-  while (sched.state.load(std::memory_order_acquire) == 1) {
+  while (!quit.load(std::memory_order_acquire)) {
     // Every P idle: sleep until one is taken (pidle_taken), with no timeout at all.
-    if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs) {
+    if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
+        sched.state.load(std::memory_order_acquire) == 1) {
       sched.sysmon_note.clear();
       sched.sysmon_wait.store(1, std::memory_order_seq_cst);
       if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
-          sched.state.load(std::memory_order_seq_cst) == 1)
+          sched.state.load(std::memory_order_seq_cst) == 1 && !quit.load(std::memory_order_seq_cst))
         sched.sysmon_note.sleep();
       sched.sysmon_wait.store(0, std::memory_order_seq_cst);
       for (psample& s : samples) s = psample{};
@@ -164,12 +179,14 @@ void sysmon_poke() noexcept { sched.sysmon_note.wakeup(); }
 
 void sysmon_start() {
   if (!sched.sysmon_on) return;
+  quit.store(false);
   monitor = std::thread(sysmon_main);
 }
 
-// After the state left "running": wake it so it sees that and exits.
+// Once every M has exited (sysmon keeps stopping runaway Gs until then).
 void sysmon_stop() {
   if (!monitor.joinable()) return;
+  quit.store(true, std::memory_order_seq_cst);
   sched.sysmon_note.wakeup();
   monitor.join();
 }

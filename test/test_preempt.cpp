@@ -2,6 +2,7 @@
 // (asynchronously, by signal), the interrupted code is never disturbed (it resumes on its own
 // thread, whatever it was doing), and no_preempt / async_preempt = false really turn it off.
 #include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
 #include <gort/gort.hpp>
 #include <pthread.h>
 #include <sys/resource.h>
@@ -146,4 +147,218 @@ TEST_CASE("a preempted G resumes on the thread it was interrupted on, its thread
   REQUIRE(bad.load() == 0);
   REQUIRE(loops.load() > 6);
   REQUIRE(gort::rt::sched.npreempted.load() > before);
+}
+
+namespace {
+
+// One round of everything that must survive being interrupted anywhere: allocation, string
+// building, a std::mutex, thread_locals, stdio, exceptions. Returns a checksum of its results,
+// which depends only on `seed`.
+thread_local unsigned long tl_ops = 0;
+
+unsigned long mixed_round(unsigned seed, std::mutex& mu, long& shared, std::FILE* devnull) {
+  std::mt19937 rng(seed);
+  unsigned long sum = 0;
+  for (int i = 0; i < 50; ++i) {
+    const std::size_t n = 1 + rng() % 4096;
+    auto* p = static_cast<unsigned char*>(std::malloc(n));
+    std::memset(p, static_cast<int>(i & 0xff), n);
+    sum += p[n - 1] + n;
+    std::free(p);
+
+    std::string s;
+    for (int k = 0; k < 20; ++k) s += std::to_string(rng() % 1000);
+    sum += s.size();
+
+    {
+#if defined(__SANITIZE_THREAD__)
+      // TSan runs signal handlers only where the thread leaves one of its interceptors, and
+      // withholds them from a thread waiting in pthread_mutex_lock. So under TSan the signal
+      // lands right after a lock is taken, and the Ms that then wait for that lock can never
+      // be stopped to free their Ps: nothing would run the holder. Natively the signal
+      // interrupts the waiters' futex and the hand-off chain reaches the holder (preempt.cpp).
+      // docs/api.md "Preemption" tells TSan users the same.
+      gort::no_preempt np;
+#endif
+      std::lock_guard<std::mutex> l(mu);
+      ++shared;
+    }
+
+    const unsigned long before = tl_ops;
+    for (int k = 0; k < 100; ++k) tl_ops = tl_ops + 1;
+    if (tl_ops - before != 100) throw std::logic_error("thread_local counter lost updates");
+
+    std::fprintf(devnull, "%d %s\n", i, s.c_str());
+
+    try {
+      if (rng() % 3 == 0) throw std::runtime_error(std::to_string(i));
+      sum += 1;
+    } catch (const std::runtime_error& e) {
+      sum += static_cast<unsigned long>(std::stoi(e.what()));
+    }
+  }
+  return sum;
+}
+
+}  // namespace
+
+TEST_CASE("aggressive preemption (100us slices) never breaks libc, libstdc++ or the runtime",
+          "[preempt]") {
+  clean_env env;
+  std::FILE* devnull = std::fopen("/dev/null", "w");
+  REQUIRE(devnull);
+  const auto duration = std::chrono::milliseconds(std::max<long>(1000, 5000 / test_scale()));
+  constexpr int ngs = 16;
+  std::mutex mu;
+  long shared = 0;
+  std::atomic<long> rounds{0}, wrong{0};
+  std::vector<std::string> errors;
+  std::mutex errors_mu;
+  std::uint64_t before = gort::rt::sched.npreempted.load();
+  gort::run(cfg(2, 100us), [&] {
+    const auto end = std::chrono::steady_clock::now() + duration;
+    // The expected checksum of each seed, computed once on the main G.
+    std::vector<unsigned long> expect(64);
+    std::mutex ref_mu;
+    long ref_shared = 0;
+    for (unsigned s = 0; s < expect.size(); ++s) expect[s] = mixed_round(s, ref_mu, ref_shared, devnull);
+    gort::wait_group wg;
+    for (int i = 0; i < ngs; ++i) {
+      wg.add(1);
+      gort::go([&, i] {
+        try {
+          for (unsigned r = static_cast<unsigned>(i); std::chrono::steady_clock::now() < end; ++r) {
+            if (mixed_round(r % 64, mu, shared, devnull) != expect[r % 64]) wrong.fetch_add(1);
+            rounds.fetch_add(1);
+          }
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> l(errors_mu);
+          errors.push_back(e.what());
+        }
+        wg.done();
+      });
+    }
+    wg.wait();
+  });
+  std::fclose(devnull);
+  INFO("rounds " << rounds.load() << ", preemptions " << gort::rt::sched.npreempted.load() - before);
+  REQUIRE(errors.empty());
+  REQUIRE(wrong.load() == 0);
+  REQUIRE(shared == rounds.load() * 50);
+  REQUIRE(rounds.load() > ngs);
+  REQUIRE(gort::rt::sched.npreempted.load() > before);
+}
+
+namespace {
+
+// procs=1: a spinner holds the only P for `window`, checking whether a G queued behind it got
+// to run meanwhile. With `point`, the spinner calls gort::preempt_point() in its loop.
+bool other_ran_during_window(gort::config c, bool guard, bool point, std::chrono::milliseconds window) {
+  std::atomic<bool> ran{false};
+  bool ran_in_window = true;
+  gort::run(c, [&] {
+    gort::wait_group wg;
+    wg.add(2);
+    gort::go([&] {
+      gort::go([&] {
+        ran = true;
+        wg.done();
+      });
+      const auto end = std::chrono::steady_clock::now() + window;
+      auto spin = [&] {
+        while (std::chrono::steady_clock::now() < end && !ran.load(std::memory_order_relaxed))
+          if (point) gort::preempt_point();
+      };
+      if (guard) {
+        gort::no_preempt np;
+        spin();
+      } else {
+        spin();
+      }
+      ran_in_window = ran.load();
+      wg.done();  // and leaves the P, so the other G surely runs now
+    });
+    wg.wait();
+  });
+  REQUIRE(ran.load());
+  return ran_in_window;
+}
+
+}  // namespace
+
+TEST_CASE("no_preempt and async_preempt = false really turn asynchronous preemption off",
+          "[preempt]") {
+  clean_env env;
+  const auto window = 300ms;
+  // Control: with preemption on, the queued G runs within the window (slices are 1 ms).
+  CHECK(other_ran_during_window(cfg(1, 1ms), false, false, window));
+  // Off for the whole runtime: it cannot run until the spinner lets go...
+  CHECK_FALSE(other_ran_during_window(cfg(1, 1ms, false), false, false, window));
+  // ...unless the spinner offers preempt_point(), which honours the slice.
+  CHECK(other_ran_during_window(cfg(1, 1ms, false), false, true, window));
+  // Off for a region: neither the signal nor preempt_point() stops it there.
+  CHECK_FALSE(other_ran_during_window(cfg(1, 1ms), true, false, window));
+  CHECK_FALSE(other_ran_during_window(cfg(1, 1ms), true, true, window));
+  // The environment switch does what the config does.
+  setenv("GORT_ASYNC_PREEMPT", "0", 1);
+  CHECK_FALSE(other_ran_during_window(cfg(1, 1ms), false, false, window));
+  unsetenv("GORT_ASYNC_PREEMPT");
+}
+
+TEST_CASE("an idle runtime uses no CPU: sysmon and the Ms sleep", "[preempt]") {
+  clean_env env;
+  auto cpu_ns = [] {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1'000'000'000L +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1'000L;
+  };
+  long used = 0;
+  gort::run(cfg(2), [&] {
+    // Let the start-up settle (Ms spin briefly before parking), then measure one second in
+    // which the only thing pending is this G's own timer.
+    gort::sleep_for(50ms);
+    const long start = cpu_ns();
+    gort::sleep_for(1s);
+    used = cpu_ns() - start;
+  });
+  INFO("CPU used over 1 s idle: " << used / 1000 << " us");
+  REQUIRE(used < 10'000'000);  // < 1% of one CPU
+}
+
+TEST_CASE("bad preemption settings are rejected with the value", "[preempt]") {
+  clean_env env;
+  gort::config c = cfg(1, 10us);
+  REQUIRE_THROWS_WITH(gort::run(c, [] {}), "gort: time_slice = 10000 ns is too short (at least 100us)");
+  setenv("GORT_TIME_SLICE", "10", 1);
+  REQUIRE_THROWS_WITH(gort::run(cfg(1), [] {}),
+                      "gort: GORT_TIME_SLICE='10' is not a duration such as 10ms, 500us or 1s");
+  setenv("GORT_TIME_SLICE", "2ms", 1);
+  long slice = 0;
+  gort::run(cfg(1), [&] { slice = gort::rt::sched.time_slice_ns; });
+  REQUIRE(slice == 2'000'000);
+  unsetenv("GORT_TIME_SLICE");
+  setenv("GORT_ASYNC_PREEMPT", "yes", 1);
+  REQUIRE_THROWS_WITH(gort::run(cfg(1), [] {}), "gort: GORT_ASYNC_PREEMPT='yes' is not 0 or 1");
+  unsetenv("GORT_ASYNC_PREEMPT");
+  // The runtime is still usable after each refusal.
+  int x = gort::run(cfg(1), [] { return 7; });
+  REQUIRE(x == 7);
+}
+
+TEST_CASE("a G spinning forever does not hold up shutdown", "[preempt]") {
+  clean_env env;
+  for (unsigned procs : {1u, 2u}) {
+    std::atomic<bool> never{false};
+    std::atomic<int> started{0};
+    gort::run(cfg(procs), [&] {
+      for (unsigned i = 0; i < procs + 1; ++i)
+        gort::go([&] {
+          started.fetch_add(1);
+          SPIN(never);
+        });
+      while (started.load() < static_cast<int>(procs + 1)) gort::sleep_for(1ms);
+    });
+    REQUIRE(started.load() == static_cast<int>(procs + 1));  // and run() returned
+  }
 }
