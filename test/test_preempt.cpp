@@ -115,15 +115,15 @@ TEST_CASE("a preempted G resumes on the thread it was interrupted on, its thread
           "[preempt]") {
   clean_env env;
   static thread_local long tl_counter = 0;
-  std::atomic<bool> stop{false};
+  constexpr int ngs = 6, rounds = 4;
   std::atomic<long> bad{0}, loops{0};
   std::uint64_t before = gort::rt::sched.npreempted.load();
   gort::run(cfg(2, 200us), [&] {
     gort::wait_group wg;
-    for (int i = 0; i < 6; ++i) {
+    for (int i = 0; i < ngs; ++i) {
       wg.add(1);
       gort::go([&] {
-        while (!stop.load(std::memory_order_relaxed)) {
+        for (int r = 0; r < rounds; ++r) {
           // No gort call in here: only an asynchronous preemption can stop this G, and it must
           // not move it. The compiler may keep &tl_counter in a register across the loop.
           const pthread_t self = pthread_self();
@@ -140,12 +140,10 @@ TEST_CASE("a preempted G resumes on the thread it was interrupted on, its thread
         wg.done();
       });
     }
-    gort::sleep_for(std::chrono::milliseconds(1500 / test_scale() + 100));
-    stop = true;
     wg.wait();
   });
   REQUIRE(bad.load() == 0);
-  REQUIRE(loops.load() > 6);
+  REQUIRE(loops.load() == ngs * rounds);
   REQUIRE(gort::rt::sched.npreempted.load() > before);
 }
 
