@@ -1,0 +1,180 @@
+// gort/time.hpp: timer, after_func, ticker, after. Order, exactly-once, stop and reset.
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/generators/catch_generators.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "gort/gort.hpp"
+#include "gort/time.hpp"
+#include "test_util.hpp"
+
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+TEST_CASE("timer: 100,000 after_func timers all fire exactly once", "[timer]") {
+  no_procs_env env;
+  const unsigned procs = GENERATE(1u, 2u, 4u);
+  const long n = 100'000 / test_scale();
+  const auto r = gort::run(with_procs(procs), [&] {
+    std::vector<std::atomic<int>> fired(static_cast<std::size_t>(n));
+    std::vector<gort::timer> ts;
+    ts.reserve(static_cast<std::size_t>(n));
+    gort::wait_group wg;
+    wg.add(static_cast<int>(n));
+    for (long i = 0; i < n; ++i)
+      ts.push_back(gort::after_func(std::chrono::microseconds(i % 5000), [&fired, &wg, i] {
+        fired[static_cast<std::size_t>(i)].fetch_add(1);
+        wg.done();
+      }));
+    wg.wait();
+    long once = 0;
+    for (auto& f : fired) once += f.load() == 1;
+    return once;
+  });
+  CHECK(r == n);
+}
+
+TEST_CASE("timer: stopped timers never fire; destroying an armed timer stops it", "[timer]") {
+  no_procs_env env;
+  const unsigned procs = GENERATE(1u, 2u, 4u);
+  gort::run(with_procs(procs), [] {
+    const int n = 2000;
+    std::vector<std::atomic<int>> fired(n);
+    std::vector<gort::timer> ts;
+    std::vector<bool> stopped(n, false);
+    gort::wait_group wg;
+    wg.add(n);  // before arming: a fire may come at once
+    for (int i = 0; i < n; ++i)
+      ts.push_back(gort::after_func(std::chrono::microseconds(100 + (i % 200) * 50), [&, i] {
+        fired[static_cast<std::size_t>(i)].fetch_add(1);
+        wg.done();
+      }));
+    for (int i = 0; i < n; i += 2) {
+      stopped[static_cast<std::size_t>(i)] = ts[static_cast<std::size_t>(i)].stop();
+      if (stopped[static_cast<std::size_t>(i)]) wg.done();  // will never run
+    }
+    wg.wait();  // every timer that was not stopped in time has run
+    gort::sleep_for(20ms);  // past every deadline: a wrongly surviving fire would show now
+    int bad = 0;
+    for (int i = 0; i < n; ++i)
+      bad += fired[static_cast<std::size_t>(i)].load() != (stopped[static_cast<std::size_t>(i)] ? 0 : 1);
+    CHECK(bad == 0);
+    CHECK(std::count(stopped.begin(), stopped.end(), true) > 0);
+
+    std::atomic<int> hits{0};
+    {
+      auto t = gort::after_func(5ms, [&] { ++hits; });
+    }  // destroyed while armed
+    gort::timer keep(10ms);
+    keep.c().recv();
+    gort::sleep_for(5ms);
+    CHECK(hits == 0);
+  });
+}
+
+TEST_CASE("timer: channel timers fire in deadline order, never early", "[timer]") {
+  no_procs_env env;
+  // One P: one heap and one M, so fire order is exactly deadline order.
+  gort::run(with_procs(1), [] {
+    std::mt19937 rng(42);
+    const int n = 200;
+    const auto t0 = steady::now();
+    std::vector<std::pair<steady::time_point, int>> dl;
+    std::vector<std::unique_ptr<gort::timer>> ts;
+    std::vector<int> slot(n);
+    for (int i = 0; i < n; ++i) slot[static_cast<std::size_t>(i)] = i;
+    std::shuffle(slot.begin(), slot.end(), rng);
+    for (int i = 0; i < n; ++i) {
+      // Deadlines 150 us apart, armed in random order: arming takes far less than that, so
+      // the true deadlines (measured from each construction) keep this order.
+      auto d = std::chrono::microseconds(1000 + slot[static_cast<std::size_t>(i)] * 150);
+      dl.emplace_back(t0 + d, i);
+      ts.push_back(std::make_unique<gort::timer>(d));
+    }
+    std::sort(dl.begin(), dl.end());
+    steady::time_point prev{};
+    int early = 0, disorder = 0;
+    for (auto& [when, i] : dl) {
+      auto got = ts[static_cast<std::size_t>(i)]->c().recv();
+      REQUIRE(got);
+      if (*got < when) ++early;
+      if (*got < prev) ++disorder;
+      prev = *got;
+    }
+    CHECK(early == 0);
+    CHECK(disorder == 0);
+  });
+}
+
+TEST_CASE("timer: reset moves the deadline; stop/reset results; OS thread use", "[timer]") {
+  no_procs_env env;
+  gort::run(with_procs(2), [] {
+    gort::timer t(10s);
+    auto t0 = steady::now();
+    CHECK(t.reset(10ms));  // was pending
+    auto got = t.c().recv();
+    REQUIRE(got);
+    CHECK(*got - t0 >= 10ms);
+    CHECK(*got - t0 < 5s);
+    CHECK_FALSE(t.stop());  // already fired
+    CHECK_FALSE(t.reset(1ms));
+    CHECK(t.c().recv());
+    // Moving the deadline later: nothing arrives at the old one.
+    CHECK_FALSE(t.reset(1s));  // it had fired
+    CHECK(t.reset(30ms));     // pending
+    t0 = steady::now();
+    got = t.c().recv();
+    CHECK(*got - t0 >= 25ms);
+
+    std::atomic<int> ran{0};
+    std::thread th([&] {
+      gort::timer tt(2ms);
+      tt.c().recv();
+      auto h = gort::after_func(1ms, [&] { ++ran; });
+      std::this_thread::sleep_for(50ms);
+      (void)h;
+    });
+    th.join();
+    CHECK(ran == 1);
+  });
+}
+
+TEST_CASE("ticker: ticks on its grid, monotonic, stop ends them; after() delivers once", "[timer]") {
+  no_procs_env env;
+  gort::run(with_procs(2), [] {
+    const auto period = 5ms;
+    const auto t0 = steady::now();
+    gort::ticker tk(period);
+    steady::time_point prev = t0;
+    for (int k = 0; k < 10; ++k) {
+      auto got = tk.c().recv();
+      REQUIRE(got);
+      CHECK(*got > prev);
+      CHECK(*got >= t0 + (k + 1) * period);  // never ahead of its grid
+      prev = *got;
+    }
+    // A window of 100 ms: ticks delivered = between 1 and the grid's count (+1 buffered).
+    const auto w0 = steady::now();
+    int ticks = 0;
+    while (steady::now() - w0 < 100ms)
+      if (tk.c().recv_for(10ms)) ++ticks;
+    CHECK(ticks >= 1);
+    CHECK(ticks <= 22);
+    tk.stop();
+    CHECK_FALSE(tk.c().recv_for(20ms));
+
+    auto a0 = steady::now();
+    auto ch = gort::after(3ms);
+    auto v = ch.recv();
+    REQUIRE(v);
+    CHECK(*v - a0 >= 3ms);
+    CHECK_THROWS_AS(gort::ticker(0ms), std::invalid_argument);
+  });
+}
