@@ -35,7 +35,13 @@ namespace detail {
 gdesc* g_new(std::size_t size, std::size_t align, void** frame) {
   rt::preempt_check();  // a loop that only spawns must still yield its slice
   rt::nopreempt_scope np;
-  return reinterpret_cast<gdesc*>(rt::g_reserve_new(size, align, frame));
+  rt::g* gp = rt::g_reserve_new(size, align, frame);
+  rt::g* parent = rt::getg();
+  gp->parent = parent ? parent->id : 0;
+  // g_new is called from the launch template, which is inlined into the caller of go/spawn:
+  // this return address points into the user's function.
+  gp->created_at = __builtin_return_address(0);
+  return reinterpret_cast<gdesc*>(gp);
 }
 void g_start(gdesc* g, body_fn body, destroy_fn destroy, bool joinable) noexcept {
   rt::nopreempt_scope np;

@@ -1127,6 +1127,7 @@ struct main_ctx {
 void main_body(void* p) {
   auto* mc = *static_cast<main_ctx**>(p);
   mc->body(mc->frame);  // captures its own exceptions (gort.hpp run())
+  sched.main_g.store(nullptr);  // Gs left waiting now are abandoned, not dead-locked
   mc->done.wakeup();
 }
 
@@ -1183,6 +1184,7 @@ void configure_preemption(const config& cfg) {
   sched.time_slice_ns = slice;
   sched.async_preempt = env_bool("GORT_ASYNC_PREEMPT", cfg.async_preempt);
   sched.sysmon_on = env_bool("GORT_SYSMON", cfg.sysmon);
+  sched.detect_deadlock = env_bool("GORT_DEADLOCK", cfg.detect_deadlock);
   unsigned long maxt = cfg.max_threads;
   if (const char* env = std::getenv("GORT_MAX_THREADS"); env && *env) {
     char* end = nullptr;
@@ -1223,6 +1225,7 @@ void teardown() {
 
 }  // namespace
 
+int count_threads() noexcept;
 void install_preempt_handler();
 void uninstall_preempt_handler();
 void sysmon_start();
@@ -1279,6 +1282,8 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   *static_cast<main_ctx**>(mg->frame) = &mc;
   mg->frame_on_heap = false;
   g_prepare(mg, main_body, nullptr, false);
+  sched.main_g.store(mg);
+  sched.threads_at_start = count_threads();
   runqput(sched.ps[0], mg, false);
   sched.state.store(1, std::memory_order_seq_cst);
   if (!newm(sched.ps[0], false)) {

@@ -70,6 +70,11 @@ struct alignas(64) g {  // (the fiber must stay first: g_of)
   // signal handler (locked == 0). Such a G only ever runs on lockedm; see docs/design.md.
   m* lockedm = nullptr;
   std::uint32_t locked = 0;
+
+  // Where it was created, for the deadlock report: the creating G (0: a plain thread) and the
+  // return address of the gort::go / spawn / thread call.
+  std::uint64_t parent = 0;
+  const void* created_at = nullptr;
 };
 
 // Something blocked until woken: a G (parked) or a plain OS thread (on a futex).
@@ -212,6 +217,11 @@ struct sched_t {
   // retaken from blocking calls.
   std::atomic<std::uint64_t> npreempted{0};
   std::atomic<std::uint64_t> nretaken{0};
+
+  // Deadlock detection (deadlock.cpp). main_g: the main G while it has not finished.
+  std::atomic<g*> main_g{nullptr};
+  bool detect_deadlock = true;
+  int threads_at_start = 0;  // OS threads of the process when run() began
 };
 
 extern sched_t sched;

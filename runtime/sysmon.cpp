@@ -30,6 +30,7 @@
 namespace gort::rt {
 
 void preempt_m(m* mp) noexcept;
+void check_deadlock(bool (*nap)(std::int64_t ns));
 
 namespace {
 
@@ -135,6 +136,11 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t* next_deadl
   return acted;
 }
 
+// Sleeps ns unless poked first; true if the whole time passed.
+bool nap(std::int64_t ns) {
+  return !sched.sysmon_note.sleep_until(nanotime() + ns) && !quit.load(std::memory_order_acquire);
+}
+
 void sysmon_main() {
   std::vector<psample> samples(sched.ps.size());
   const std::int64_t max_sleep = std::clamp<std::int64_t>(sched.time_slice_ns / 10, tick_ns, 10'000'000);
@@ -147,8 +153,10 @@ void sysmon_main() {
       sched.sysmon_note.clear();
       sched.sysmon_wait.store(1, std::memory_order_seq_cst);
       if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
-          sched.state.load(std::memory_order_seq_cst) == 1 && !quit.load(std::memory_order_seq_cst))
+          sched.state.load(std::memory_order_seq_cst) == 1 && !quit.load(std::memory_order_seq_cst)) {
+        check_deadlock(nap);  // returns only if not dead-locked
         sched.sysmon_note.sleep();
+      }
       sched.sysmon_wait.store(0, std::memory_order_seq_cst);
       for (psample& s : samples) s = psample{};
       sleep = tick_ns;

@@ -37,6 +37,11 @@ struct config {
   // it costs: without it, long-running Gs are never preempted and a blocking call keeps its P.
   // Environment GORT_SYSMON=0/1.
   bool sysmon = true;
+  // Abort with "gort: all goroutines are asleep - deadlock!" and a line per waiting G when no
+  // G can ever run again (docs/api.md "Deadlock report"). Needs sysmon. Threads that existed
+  // before run() began are assumed not to feed the runtime; a program where one does (sends
+  // on a channel later, say) should turn this off. Environment GORT_DEADLOCK=0/1.
+  bool detect_deadlock = true;
 };
 
 }  // namespace gort
