@@ -1,0 +1,487 @@
+// select: ready cases, default, timeouts, uniform choice, close while parked, exactly-once
+// delivery when selects race with each other, with timeouts and with plain operations.
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/generators/catch_generators.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gort/chan.hpp"
+#include "gort/gort.hpp"
+#include "test_util.hpp"
+
+using namespace std::chrono_literals;
+using Catch::Matchers::ContainsSubstring;
+using steady = std::chrono::steady_clock;
+
+namespace {
+
+// Catch2's assertions are not thread-safe: Gs running in parallel count failures here, and the
+// test's main G (or thread) asserts the count is zero.
+std::atomic<long> bad{0};
+#define EXPECT(cond)                                          \
+  do {                                                        \
+    if (!(cond)) bad.fetch_add(1, std::memory_order_relaxed); \
+  } while (0)
+struct expect_none {
+  expect_none() { bad.store(0); }
+  ~expect_none() { CHECK(bad.load() == 0); }
+};
+
+}  // namespace
+
+TEST_CASE("select takes the ready case, default when none is, and returns its index", "[select]") {
+  no_procs_env env;
+  gort::run(with_procs(1), [] {
+    gort::chan<int> a(1), b(1);
+    int got = 0;
+    b.send(7);
+    auto i = gort::select(gort::on_recv(a, [&](std::optional<int>) { got = -1; }),
+                          gort::on_recv(b, [&](std::optional<int> v) { got = *v; }));
+    CHECK(i == 1);
+    CHECK(got == 7);
+
+    bool dflt = false;
+    i = gort::select(gort::on_recv(a, [&](std::optional<int>) { got = -1; }),
+                     gort::on_default([&] { dflt = true; }));
+    CHECK(i == 1);
+    CHECK(dflt);
+
+    bool sent = false;
+    i = gort::select(gort::on_default([] {}), gort::on_send(a, 5, [&] { sent = true; }));
+    CHECK(i == 1);
+    CHECK(sent);
+    CHECK(a.recv() == 5);
+
+    // A full channel: the send case is not ready, the receive of another is.
+    a.send(1);
+    b.send(2);
+    int r = 0;
+    i = gort::select(gort::on_send(a, 9, [&] { r = -1; }),
+                     gort::on_recv(b, [&](std::optional<int> v) { r = *v; }));
+    CHECK(i == 1);
+    CHECK(r == 2);
+    CHECK(a.recv() == 1);
+    CHECK(a.try_recv() == std::nullopt);  // 9 was not sent
+
+    // Closed channel: a receive case is ready, with nullopt.
+    b.close();
+    std::optional<int> seen = 3;
+    i = gort::select(gort::on_recv(a, [&](std::optional<int>) {}),
+                     gort::on_recv(b, [&](std::optional<int> v) { seen = v; }));
+    CHECK(i == 1);
+    CHECK(seen == std::nullopt);
+    // A send case on a closed channel throws, as a plain send does.
+    CHECK_THROWS_AS(gort::select(gort::on_send(b, 1, [] {}), gort::on_default([] {})),
+                    gort::closed_channel);
+  });
+}
+
+TEST_CASE("select timeouts: fire when nothing is ready, never when something is", "[select]") {
+  no_procs_env env;
+  auto procs = GENERATE(1u, 2u);
+  gort::run(with_procs(procs), [] {
+    gort::chan<int> a, b;
+    auto t0 = steady::now();
+    bool fired = false;
+    auto i = gort::select(gort::on_recv(a, [](std::optional<int>) {}),
+                          gort::on_timeout(20ms, [&] { fired = true; }),
+                          gort::on_recv(b, [](std::optional<int>) {}));
+    CHECK(i == 1);
+    CHECK(fired);
+    CHECK(steady::now() - t0 >= 20ms);
+
+    // Several timeouts: the earliest one is taken.
+    t0 = steady::now();
+    i = gort::select(gort::on_timeout(10s, [] {}), gort::on_recv(a, [](std::optional<int>) {}),
+                     gort::on_timeout(5ms, [] {}));
+    CHECK(i == 2);
+    CHECK(steady::now() - t0 < 10s);
+
+    // Only a timeout: a sleep.
+    t0 = steady::now();
+    CHECK(gort::select(gort::on_timeout(5ms, [] {})) == 0);
+    CHECK(steady::now() - t0 >= 5ms);
+
+    // A partner arriving before the deadline wins.
+    gort::go([b] {
+      gort::sleep_for(2ms);
+      b.send(4);
+    });
+    int v = 0;
+    i = gort::select(gort::on_recv(a, [](std::optional<int>) {}),
+                     gort::on_recv(b, [&](std::optional<int> x) { v = *x; }),
+                     gort::on_timeout(10s, [] {}));
+    CHECK(i == 1);
+    CHECK(v == 4);
+
+    // A zero or negative timeout is "already due": like a default.
+    gort::chan<int> ready(1);
+    ready.send(1);
+    i = gort::select(gort::on_recv(ready, [](std::optional<int>) {}), gort::on_timeout(0ms, [] {}));
+    CHECK(i == 0);
+    CHECK(gort::select(gort::on_recv(a, [](std::optional<int>) {}), gort::on_timeout(-1ms, [] {})) == 1);
+  });
+}
+
+TEST_CASE("select picks uniformly among ready cases (chi-squared)", "[select][fairness]") {
+  no_procs_env env;
+  auto procs = GENERATE(1u, 2u);
+  auto counts = gort::run(with_procs(procs), [] {
+    constexpr int k = 4;
+    std::array<gort::chan<int>, k> ch{gort::chan<int>(1), gort::chan<int>(1), gort::chan<int>(1),
+                                      gort::chan<int>(1)};
+    for (auto& c : ch) c.send(0);
+    std::array<long, k> n{};
+    const long draws = 100000 / test_scale();
+    for (long d = 0; d < draws; ++d) {
+      // Every case is ready; the one taken is refilled so all stay ready.
+      auto i = gort::select(gort::on_recv(ch[0], [](std::optional<int>) {}),
+                            gort::on_recv(ch[1], [](std::optional<int>) {}),
+                            gort::on_recv(ch[2], [](std::optional<int>) {}),
+                            gort::on_recv(ch[3], [](std::optional<int>) {}));
+      ++n[i];
+      ch[i].send(0);
+    }
+    return n;
+  });
+  long total = 0;
+  for (long c : counts) total += c;
+  const double expect = static_cast<double>(total) / 4;
+  double chi2 = 0;
+  for (long c : counts) chi2 += (c - expect) * (c - expect) / expect;
+  INFO("counts " << counts[0] << " " << counts[1] << " " << counts[2] << " " << counts[3]
+                 << " chi2 " << chi2);
+  // 3 degrees of freedom: P(chi2 > 40) is about 1e-8, so a fair select fails this test
+  // essentially never, while a bias of a few percent fails it every time at 100,000 draws.
+  CHECK(chi2 < 40.0);
+}
+
+TEST_CASE("select fairness also holds between a ready send and a ready receive", "[select][fairness]") {
+  no_procs_env env;
+  auto counts = gort::run(with_procs(1), [] {
+    gort::chan<int> in(1), out(1);
+    in.send(0);
+    std::array<long, 2> n{};
+    const long draws = 50000 / test_scale();
+    for (long d = 0; d < draws; ++d) {
+      auto i = gort::select(gort::on_recv(in, [](std::optional<int>) {}), gort::on_send(out, 1, [] {}));
+      ++n[i];
+      if (i == 0) in.send(0);
+      else out.recv();
+    }
+    return n;
+  });
+  const double expect = static_cast<double>(counts[0] + counts[1]) / 2;
+  double chi2 = 0;
+  for (long c : counts) chi2 += (c - expect) * (c - expect) / expect;
+  INFO("counts " << counts[0] << " " << counts[1] << " chi2 " << chi2);
+  CHECK(chi2 < 33.0);  // 1 degree of freedom: P(chi2 > 33) is about 1e-8
+}
+
+TEST_CASE("close wakes a parked select with the right outcome", "[select][close]") {
+  no_procs_env env;
+  expect_none en;
+  auto procs = GENERATE(1u, 2u, 4u);
+  gort::run(with_procs(procs), [] {
+    const int rounds = static_cast<int>(500 / test_scale()) + 1;
+    for (int r = 0; r < rounds; ++r) {
+      gort::chan<int> a, b, c;
+      // Receive cases: the closed one is taken with nullopt.
+      constexpr int n = 6;
+      std::atomic<int> closed_a{0};
+      gort::wait_group wg;
+      wg.add(n);
+      for (int g = 0; g < n; ++g)
+        gort::go([&] {
+          auto i = gort::select(gort::on_recv(b, [](std::optional<int>) {}),
+                                gort::on_recv(a, [&](std::optional<int> v) {
+                                  if (!v) closed_a.fetch_add(1);
+                                }));
+          EXPECT(i == 1);
+          wg.done();
+        });
+      // Send cases: the closed one throws closed_channel.
+      std::atomic<int> threw{0};
+      wg.add(n);
+      for (int g = 0; g < n; ++g)
+        gort::go([&, g] {
+          try {
+            gort::select(gort::on_send(c, g, [] {}), gort::on_recv(b, [](std::optional<int>) {}));
+          } catch (const gort::closed_channel& e) {
+            EXPECT(std::string(e.what()).find("gort::select") == 0);
+            threw.fetch_add(1);
+          }
+          wg.done();
+        });
+      if (r % 2) gort::sleep_for(50us);  // usually parked by now; sometimes not yet
+      a.close();
+      c.close();
+      wg.wait();
+      REQUIRE(closed_a.load() == n);
+      REQUIRE(threw.load() == n);
+      // b never had anything: every stale node on it was taken back by its owner.
+      int x = 1;
+      REQUIRE_FALSE(b.try_send(x));
+    }
+  });
+}
+
+TEST_CASE("close from a plain OS thread wakes Gs parked in select", "[select][close][thread]") {
+  no_procs_env env;
+  expect_none en;
+  gort::chan<int> a, b;
+  std::atomic<int> woke{0};
+  std::thread closer;
+  gort::run(with_procs(2), [&] {
+    constexpr int n = 8;
+    gort::wait_group wg;
+    wg.add(n);
+    for (int g = 0; g < n; ++g)
+      gort::go([&] {
+        gort::select(gort::on_recv(a, [&](std::optional<int> v) {
+                       if (!v) woke.fetch_add(1);
+                     }),
+                     gort::on_recv(b, [](std::optional<int>) {}));
+        wg.done();
+      });
+    closer = std::thread([a] {
+      std::this_thread::sleep_for(5ms);
+      a.close();
+    });
+    wg.wait();
+  });
+  closer.join();
+  CHECK(woke.load() == 8);
+}
+
+namespace {
+
+// Producers select-send to whichever of k channels takes the value first; consumers
+// select-receive from all of them, some with short timeouts (stale nodes, lost claims). Every
+// value must arrive exactly once.
+void select_exchange(unsigned procs, std::size_t cap, bool with_timeouts) {
+  gort::run(with_procs(procs), [cap, with_timeouts] {
+    constexpr int k = 3, np = 4, nc = 4;
+    const long per = 200000 / test_scale() / np;
+    std::vector<gort::chan<long>> ch;
+    for (int i = 0; i < k; ++i) ch.emplace_back(cap);
+    std::vector<std::vector<long>> got(nc);
+    gort::wait_group prod, cons;
+    prod.add(np);
+    cons.add(nc);
+    for (int p = 0; p < np; ++p)
+      gort::go([&, p] {
+        for (long i = 0; i < per; ++i) {
+          const long v = p * per + i;
+          if (with_timeouts && i % 3 == 0) {
+            // Retry with a timeout until it goes: a case not taken must not send.
+            while (gort::select(gort::on_send(ch[0], v, [] {}), gort::on_send(ch[1], v, [] {}),
+                                gort::on_send(ch[2], v, [] {}),
+                                gort::on_timeout(std::chrono::microseconds(1 + i % 5), [] {})) == 3) {
+            }
+          } else {
+            gort::select(gort::on_send(ch[0], v, [] {}), gort::on_send(ch[1], v, [] {}),
+                         gort::on_send(ch[2], v, [] {}));
+          }
+        }
+        prod.done();
+      });
+    for (int c = 0; c < nc; ++c)
+      gort::go([&, c] {
+        int open = k;
+        std::array<bool, k> live{true, true, true};
+        auto& mine = got[c];
+        long spins = 0;
+        while (open > 0) {
+          auto take = [&](int j) {
+            return [&, j](std::optional<long> v) {
+              if (v) mine.push_back(*v);
+              else if (live[j]) {
+                live[j] = false;
+                --open;
+              }
+            };
+          };
+          if (with_timeouts && (++spins % 2) == 0) {
+            gort::select(gort::on_recv(ch[0], take(0)), gort::on_recv(ch[1], take(1)),
+                         gort::on_recv(ch[2], take(2)),
+                         gort::on_timeout(std::chrono::microseconds(spins % 4), [] {}));
+          } else {
+            gort::select(gort::on_recv(ch[0], take(0)), gort::on_recv(ch[1], take(1)),
+                         gort::on_recv(ch[2], take(2)));
+          }
+        }
+        cons.done();
+      });
+    prod.wait();
+    for (auto& c : ch) c.close();
+    cons.wait();
+    std::vector<std::uint8_t> hits(static_cast<std::size_t>(np * per), 0);
+    long total = 0;
+    for (auto& v : got) {
+      for (long x : v) {
+        REQUIRE(x >= 0);
+        REQUIRE(x < np * per);
+        REQUIRE(hits[static_cast<std::size_t>(x)] == 0);
+        hits[static_cast<std::size_t>(x)] = 1;
+      }
+      total += static_cast<long>(v.size());
+    }
+    CHECK(total == np * per);
+  });
+}
+
+}  // namespace
+
+TEST_CASE("selects sending and receiving on shared channels: exactly once", "[select][stress]") {
+  no_procs_env env;
+  auto procs = GENERATE(1u, 2u, 4u);
+  auto cap = GENERATE(0u, 2u);
+  select_exchange(procs, cap, false);
+}
+
+TEST_CASE("selects with timeouts racing wakers: exactly once, no stale node matched", "[select][stress]") {
+  no_procs_env env;
+  auto procs = GENERATE(1u, 2u, 4u);
+  auto cap = GENERATE(0u, 2u);
+  select_exchange(procs, cap, true);
+}
+
+TEST_CASE("select against plain send and recv, the same channel twice in one select", "[select]") {
+  no_procs_env env;
+  expect_none en;
+  auto procs = GENERATE(1u, 2u, 4u);
+  gort::run(with_procs(procs), [] {
+    gort::chan<int> ch;
+    const int n = static_cast<int>(20000 / test_scale());
+    gort::chan<long> result(1);
+    gort::go([ch, n, result] {
+      long sum = 0;
+      int count = 0;
+      while (count < n) {
+        // Two receive cases on one channel, plus a send case on it too: the channel is
+        // locked once, and our own send can never meet our own receive.
+        gort::select(gort::on_recv(ch, [&](std::optional<int> v) { sum += *v, ++count; }),
+                     gort::on_recv(ch, [&](std::optional<int> v) { sum += *v, ++count; }));
+      }
+      result.send(sum);
+    });
+    for (int i = 1; i <= n; ++i) ch.send(i);
+    CHECK(result.recv() == static_cast<long>(n) * (n + 1) / 2);
+
+    // A send and a receive case on the same unbuffered channel, against plain partners.
+    gort::chan<long> tally(1);
+    gort::go([ch, n, tally] {
+      long got = 0;
+      int sends = 0, recvs = 0;
+      while (sends + recvs < n) {
+        gort::select(gort::on_send(ch, -1, [&] { ++sends; }),
+                     gort::on_recv(ch, [&](std::optional<int> v) { got += *v, ++recvs; }));
+      }
+      tally.send(got * 100000 + recvs);
+      tally.send(sends);
+    });
+    long sent = 0;
+    int want_recv = 0, took = 0;
+    // Alternate: offer a value, or take one, until the selecting G did n operations.
+    for (int i = 0; want_recv + took < n; ++i) {
+      if (i % 2) {
+        ch.send(i);
+        sent += i;
+        ++want_recv;
+      } else {
+        EXPECT(ch.recv() == -1);
+        ++took;
+      }
+    }
+    const long g = *tally.recv();
+    CHECK(g % 100000 == want_recv);
+    CHECK(g / 100000 == sent);
+    CHECK(tally.recv() == took);
+  });
+}
+
+TEST_CASE("select from a plain OS thread blocks the thread", "[select][thread]") {
+  gort::chan<int> a, b;
+  std::thread t([a, b] {
+    std::this_thread::sleep_for(2ms);
+    b.send(9);
+    a.close();
+  });
+  int v = 0;
+  auto i = gort::select(gort::on_recv(a, [](std::optional<int>) {}),
+                        gort::on_recv(b, [&](std::optional<int> x) { v = *x; }));
+  CHECK(i == 1);
+  CHECK(v == 9);
+  std::optional<int> w = 1;
+  i = gort::select(gort::on_recv(a, [&](std::optional<int> x) { w = x; }),
+                   gort::on_timeout(10s, [] {}));
+  CHECK(i == 0);
+  CHECK(w == std::nullopt);
+  t.join();
+  auto t0 = steady::now();
+  CHECK(gort::select(gort::on_recv(b, [](std::optional<int>) {}), gort::on_timeout(5ms, [] {})) == 1);
+  CHECK(steady::now() - t0 >= 5ms);
+}
+
+TEST_CASE("select with move-only values and moved-from handles", "[select][errors]") {
+  no_procs_env env;
+  gort::run(with_procs(2), [] {
+    gort::chan<std::unique_ptr<int>> ch(1);
+    auto i = gort::select(gort::on_send(ch, std::make_unique<int>(5), [] {}));
+    CHECK(i == 0);
+    std::unique_ptr<int> got;
+    i = gort::select(gort::on_recv(ch, [&](std::optional<std::unique_ptr<int>> v) { got = std::move(*v); }));
+    CHECK(i == 0);
+    REQUIRE(got);
+    CHECK(*got == 5);
+
+    gort::chan<int> a;
+    gort::chan<int> b = std::move(a);
+    CHECK_THROWS_WITH(gort::select(gort::on_recv(a, [](std::optional<int>) {})),
+                      ContainsSubstring("gort::chan::select on_recv") && ContainsSubstring("moved-from"));
+    CHECK_THROWS_AS(gort::select(gort::on_send(a, 1, [] {})), std::logic_error);
+  });
+}
+
+TEST_CASE("many selects over many channels (more cases than fit on the stack)", "[select]") {
+  no_procs_env env;
+  gort::run(with_procs(2), [] {
+    constexpr int k = 20;
+    std::vector<gort::chan<int>> ch;
+    for (int i = 0; i < k; ++i) ch.emplace_back(0);
+    gort::chan<int> res(1);
+    gort::go([ch, res] {
+      int sum = 0;
+      for (int round = 0; round < k; ++round) {
+        int v = 0;
+        auto on = [&](int) { return [&](std::optional<int> x) { v = *x; }; };
+        gort::select(gort::on_recv(ch[0], on(0)), gort::on_recv(ch[1], on(1)), gort::on_recv(ch[2], on(2)),
+                     gort::on_recv(ch[3], on(3)), gort::on_recv(ch[4], on(4)), gort::on_recv(ch[5], on(5)),
+                     gort::on_recv(ch[6], on(6)), gort::on_recv(ch[7], on(7)), gort::on_recv(ch[8], on(8)),
+                     gort::on_recv(ch[9], on(9)), gort::on_recv(ch[10], on(10)), gort::on_recv(ch[11], on(11)),
+                     gort::on_recv(ch[12], on(12)), gort::on_recv(ch[13], on(13)), gort::on_recv(ch[14], on(14)),
+                     gort::on_recv(ch[15], on(15)), gort::on_recv(ch[16], on(16)), gort::on_recv(ch[17], on(17)),
+                     gort::on_recv(ch[18], on(18)), gort::on_recv(ch[19], on(19)));
+        sum += v;
+      }
+      res.send(sum);
+    });
+    int want = 0;
+    for (int i = 0; i < k; ++i) {
+      ch[(i * 7) % k].send(i + 1);
+      want += i + 1;
+    }
+    CHECK(res.recv() == want);
+  });
+}
