@@ -516,6 +516,43 @@ g* steal_work(m* mp, p* pp) {
   return nullptr;
 }
 
+// Parks an M that holds no P until it is given one (true) or the runtime stops (false).
+// One idle M at a time sleeps with a timeout, until the earliest timer of any P (the timer
+// sleeper); the others sleep until startm hands them a P. Every M that goes idle comes through
+// here, so an armed timer always has a sleeper watching it.
+bool park_idle(m* mp) {
+  std::int64_t until = earliest_timer();
+  m* none = nullptr;
+  if (until && sched.timer_sleeper.compare_exchange_strong(none, mp, std::memory_order_seq_cst)) {
+    sched.timer_sleep_until.store(until, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    std::int64_t again = earliest_timer();  // a timer armed before we published is seen here
+    if (again && again < until) {
+      until = again;
+      sched.timer_sleep_until.store(until, std::memory_order_seq_cst);
+    }
+    timed_stop r = until > nanotime() ? stopm_until(mp, until) : timed_stop::woke;
+    sched.timer_sleep_until.store(0, std::memory_order_seq_cst);
+    sched.timer_sleeper.store(nullptr, std::memory_order_seq_cst);
+    if (r == timed_stop::got_p) {
+      // Claimed for other work: the timers it watched need a new sleeper (wakep starts an M
+      // that becomes one if it finds nothing else to do).
+      if (std::int64_t w = earliest_timer()) timer_poke(w);
+      return true;
+    }
+    if (r == timed_stop::shutdown) {
+      std::lock_guard<spinlock> l(sched.lock);
+      mremove(mp);
+      return false;
+    }
+    // Deadline reached or poked: take an idle P and run timers, if there is a P to be had.
+    if (acquire_idle_p(mp)) return true;
+    // Every P is busy: their Ms run their timers at their next schedule. Sleep until a P
+    // frees up (its M then becomes the timer sleeper).
+  }
+  return stopm(mp);
+}
+
 // Finds a G to run, blocking the M when there is none. Called on g0 with a P held; returns
 // with a P held, or null on shutdown (no P held then).
 g* findrunnable(m* mp) {
@@ -591,36 +628,8 @@ top:
     }
   }
 
-  // Sleep. One M at a time sleeps with a timeout (until the earliest timer of any P); the
-  // others sleep until startm hands them a P.
-  for (;;) {
-    std::int64_t until = earliest_timer();
-    m* none = nullptr;
-    if (until && sched.timer_sleeper.compare_exchange_strong(none, mp, std::memory_order_seq_cst)) {
-      sched.timer_sleep_until.store(until, std::memory_order_seq_cst);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      std::int64_t again = earliest_timer();  // a timer armed before we published is seen here
-      if (again && again < until) {
-        until = again;
-        sched.timer_sleep_until.store(until, std::memory_order_seq_cst);
-      }
-      timed_stop r = until > nanotime() ? stopm_until(mp, until) : timed_stop::woke;
-      sched.timer_sleep_until.store(0, std::memory_order_seq_cst);
-      sched.timer_sleeper.store(nullptr, std::memory_order_seq_cst);
-      if (r == timed_stop::got_p) goto top;
-      if (r == timed_stop::shutdown) {
-        std::lock_guard<spinlock> l(sched.lock);
-        mremove(mp);
-        return nullptr;
-      }
-      // Deadline reached or poked: take an idle P and run timers, if there is a P to be had.
-      if (acquire_idle_p(mp)) goto top;
-      // Every P is busy: their Ms run their timers at their next schedule. Sleep until a P
-      // frees up (its M then becomes the timer sleeper).
-    }
-    if (!stopm(mp)) return nullptr;
-    goto top;
-  }
+  if (!park_idle(mp)) return nullptr;
+  goto top;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -628,10 +637,17 @@ top:
 
 // Next G for this P without leaving the G's stack: the fast path of yield, park and exit.
 // Null means "go to g0" (nothing local, or the runtime is stopping).
-g* fast_next(p* pp) {
+// `fire`: run due timers here. Not when a G is parking: its commit has not run yet, so it may
+// still hold the lock of the very object a timer's fire touches (a channel, a mutex). Then due
+// timers send us through g0, whose findrunnable runs them after the commit.
+g* fast_next(p* pp, bool fire) {
   if (sched.state.load(std::memory_order_relaxed) != 1) return nullptr;
   std::int64_t now = 0;
-  check_timers(pp, now);
+  if (fire) {
+    check_timers(pp, now);
+  } else if (std::int64_t w = pp->tm.next(); w && w <= nanotime()) {
+    return nullptr;
+  }
   bool inherit;
   const bool alone = sched.nprocs == 1;
   if (--pp->global_countdown == 0) {
@@ -663,9 +679,9 @@ namespace {
 // The G a leaving G switches to directly: a local one, or null to go through g0 — always when
 // mp is wired to its G, and when the next G is wired to another M (then mp->handoff carries it
 // to g0, which hands it over).
-g* next_here(m* mp) {
+g* next_here(m* mp, bool fire) {
   if (mp->lockedg) return nullptr;
-  g* next = fast_next(mp->curp);
+  g* next = fast_next(mp->curp, fire);
   if (next && next->lockedm && next->lockedm != mp) {
     mp->handoff = next;
     return nullptr;
@@ -704,7 +720,7 @@ namespace {
 
 void leave(g* gp, transition tr, bool dying) {
   m* mp = gp->curm;
-  leave_to(mp, gp, next_here(mp), tr, dying);
+  leave_to(mp, gp, next_here(mp, dying), tr, dying);
 }
 
 void schedule(m* mp) {
@@ -716,7 +732,7 @@ void schedule(m* mp) {
       if (!stoplockedm(mp)) return;
       gp = mp->lockedg;
     } else {
-      if (!mp->curp && !stopm(mp)) return;  // came back from a blocking call without a P
+      if (!mp->curp && !park_idle(mp)) return;  // gave its P away, or back from a blocking call
       gp = std::exchange(mp->handoff, nullptr);
       if (!gp) gp = findrunnable(mp);
       if (!gp) return;
@@ -932,7 +948,7 @@ void yield_g() noexcept {
   }
   nopreempt_scope np;
   p* pp = mp->curp;
-  g* next = next_here(mp);
+  g* next = next_here(mp, true);
   if (!next) {
     // Nothing else runs here: carry on, unless the runtime is stopping (then g0 must get
     // control back so the M can exit), or g0 has a G to hand to its M, or this G is wired to

@@ -110,6 +110,12 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t* next_deadl
       continue;
     }
     s.in_syscall = false;
+    if (st == pidle) {
+      // Backstop for the timer sleeper: a due timer on an idle P gets an M.
+      std::int64_t w = pp->tm.next();
+      if (w && w + tick_ns < now) wakep();
+      continue;
+    }
     if (st != prunning) continue;
     m* mp = pp->curm.load(std::memory_order_relaxed);
     if (!mp) continue;  // between owners
