@@ -111,7 +111,13 @@ chan_core* core_of(const chan<T>& ch, const char* op) {
 template <class T>
 struct slot {
   alignas(T) unsigned char raw[sizeof(T)];
-  T* get() noexcept { return std::launder(reinterpret_cast<T*>(raw)); }
+  T* get() noexcept {
+    // The runtime constructed the value behind the compiler's back (through a pointer it was
+    // given); hiding the pointer's origin keeps GCC from warning that it may be uninitialized.
+    void* p = raw;
+    asm volatile("" : "+r"(p)::"memory");
+    return std::launder(static_cast<T*>(p));
+  }
   std::optional<T> take() noexcept(std::is_nothrow_move_constructible_v<T>) {
     struct destroy_after {
       T* p;
