@@ -201,10 +201,12 @@ std::size_t select_impl(Tuple& cs, std::index_sequence<I...>) {
   auto run = [&](auto& c) {
     using C = std::remove_reference_t<decltype(c)>;
     if constexpr (is_chan_case<C> && requires { c.s; }) {
-      if (ok) std::invoke(c.fn, c.s.take());
-      else std::invoke(c.fn, decltype(c.s.take()){});
+      // Called directly, not through std::invoke: the prvalue argument then initialises the
+      // handler's parameter in place, with no move of a (possibly empty) optional.
+      if (ok) c.fn(c.s.take());
+      else c.fn(decltype(c.s.take()){});
     } else {
-      std::invoke(c.fn);
+      c.fn();
     }
   };
   ((I == taken ? (run(std::get<I>(cs)), 0) : 0), ...);
