@@ -1299,6 +1299,12 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   mg->frame_on_heap = false;
   g_prepare(mg, main_body, nullptr, false);
   sched.main_g.store(mg);
+#if defined(__SANITIZE_THREAD__)
+  // TSan starts its background thread at the process's first pthread_create. Make that happen
+  // now, so that the count below includes it and it never passes for a foreign thread.
+  std::thread([] {}).join();
+#endif
+  // Threads that are not ours (deadlock.cpp), counted before we create any.
   sched.threads_at_start = count_threads();
   runqput(sched.ps[0], mg, false);
   sched.state.store(1, std::memory_order_seq_cst);

@@ -1,6 +1,8 @@
 // The deadlock report: it appears when no G can ever run again, and never otherwise.
 #include <catch2/catch_test_macros.hpp>
+#include <gort/chan.hpp>
 #include <gort/gort.hpp>
+#include <gort/sync.hpp>
 #include <unistd.h>
 
 #include <chrono>
@@ -49,6 +51,50 @@ TEST_CASE("a real deadlock is reported, one line per waiting G, then abort", "[d
     REQUIRE(has(r.out, "  G 1 [wait_group]: the main G\n"));
     REQUIRE(has(r.out, " [wait_group]: created by G 1 at "));
   }
+}
+
+TEST_CASE("Gs stuck on channels, select and a mutex are reported with what they wait on",
+          "[deadlock]") {
+  clean_env env;
+  auto r = in_child(2, [] {
+    gort::chan<int> in, out(1);
+    gort::mutex mu;
+    mu.lock();  // held by the main G, which then waits on a channel nobody sends on
+    gort::go([&] { in.send(1); });           // unbuffered, no receiver
+    gort::go([&] { (void)out.recv(); });     // empty, never closed
+    gort::go([&] {
+      gort::chan<int> a, b;
+      gort::select(gort::on_recv(a, [](std::optional<int>) {}), gort::on_recv(b, [](std::optional<int>) {}));
+    });
+    gort::go([&] { mu.lock(); });
+    gort::chan<int> never;
+    (void)never.recv();
+  });
+  INFO(r.out);
+  REQUIRE(r.died_by(SIGABRT));
+  REQUIRE(has(r.out, "gort: all goroutines are asleep - deadlock!\n"));
+  REQUIRE(has(r.out, "  G 1 [chan receive]: the main G\n"));
+  REQUIRE(has(r.out, " [chan send]: created by G 1 at "));
+  REQUIRE(has(r.out, " [chan receive]: created by G 1 at "));
+  REQUIRE(has(r.out, " [select]: created by G 1 at "));
+  REQUIRE(has(r.out, " [mutex]: created by G 1 at "));
+}
+
+TEST_CASE("no report for a G waiting on a channel that a foreign thread will feed",
+          "[deadlock]") {
+  clean_env env;
+  auto r = in_child(2, [] {
+    gort::chan<int> ch;
+    std::thread t([ch]() mutable {
+      std::this_thread::sleep_for(300ms);
+      ch.send(42);
+    });
+    const auto v = ch.recv();
+    t.join();
+    if (v != 42) std::abort();
+  });
+  INFO(r.out);
+  REQUIRE(r.exited(0));
 }
 
 TEST_CASE("a join that can never complete is a deadlock too", "[deadlock]") {
