@@ -574,5 +574,6 @@ TEST_CASE("misuse: closed channels and null handles throw clear errors", "[chan]
     a.send(6);
     CHECK(b.recv() == 6);
     CHECK(a == b);
+    CHECK_THROWS_WITH(gort::chan<int>(std::size_t{1} << 60), ContainsSubstring("gort::chan: capacity"));
   });
 }
