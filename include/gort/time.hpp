@@ -30,13 +30,17 @@ namespace detail {
 
 struct timer_core;  // runtime/time.cpp
 
-// A timer whose fire sends steady_clock::now() on ch (try_send: a full channel drops the
-// tick, as Go's), and/or runs call(fn) in a new G. `period` > 0 re-arms it (ticker).
-// fn_size bytes (alignment <= 64) of closure storage come with it; *fn receives their address.
-GORT_API timer_core* timer_make(chan_core* ch, std::size_t fn_size, void (*call)(void*),
-                                void (*destroy)(void*) noexcept, void** fn);
-// Sets what an after_func timer runs, once its closure is constructed in the storage.
-GORT_API void timer_bind(timer_core* t, void (*call)(void*), void (*destroy)(void*) noexcept) noexcept;
+// A timer whose fire try-sends steady_clock::now() on ch (a full channel drops the value, as
+// Go's does), and/or runs call(fn) in a new G. `period` > 0 re-arms it (ticker).
+// fn_size bytes (alignment fn_align <= 64) of closure storage come with it; *fn receives their
+// address. Not armed until timer_start.
+GORT_API timer_core* timer_make(chan_core* ch, std::size_t fn_size, std::size_t fn_align, void** fn);
+// Arms a new timer for the first time, with what it runs (null: nothing) once its closure is
+// constructed in the storage.
+GORT_API void timer_start(timer_core* t, void (*call)(void*), void (*destroy)(void*) noexcept,
+                          std::int64_t when_ns, std::int64_t period_ns);
+// time.After: a handle-less timer that sends the time on ch once at when_ns, then frees itself.
+GORT_API void timer_after(chan_core* ch, std::int64_t when_ns);
 // Arms (or re-arms) at steady deadline when_ns with period_ns (0: one-shot). Returns true if
 // the timer was armed before (Go's Reset result). Drops a stale value from its channel.
 GORT_API bool timer_reset(timer_core* t, std::int64_t when_ns, std::int64_t period_ns);
@@ -75,8 +79,8 @@ class timer {
   template <class Rep, class Per>
   explicit timer(const std::chrono::duration<Rep, Per>& d) : ch_(std::in_place, 1) {
     void* unused;
-    core_ = detail::timer_make(detail::core_of(*ch_, "gort::timer"), 0, nullptr, nullptr, &unused);
-    arm(detail::timer_when(d), 0);
+    core_ = detail::timer_make(detail::core_of(*ch_, "gort::timer"), 0, 1, &unused);
+    start(nullptr, nullptr, detail::timer_when(d), 0);
   }
   timer(timer&& o) noexcept : ch_(std::exchange(o.ch_, std::nullopt)), core_(std::exchange(o.core_, nullptr)) {}
   timer& operator=(timer&& o) noexcept {
@@ -113,9 +117,9 @@ class timer {
   void check(const char* what) const {
     if (!core_) throw std::logic_error(std::string(what) + ": empty timer");
   }
-  void arm(std::int64_t when, std::int64_t period) {
+  void start(void (*call)(void*), void (*destroy)(void*) noexcept, std::int64_t when, std::int64_t period) {
     try {
-      detail::timer_reset(core_, when, period);
+      detail::timer_start(core_, call, destroy, when, period);
     } catch (...) {
       detail::timer_free(std::exchange(core_, nullptr));
       throw;
@@ -135,16 +139,15 @@ timer after_func(const std::chrono::duration<Rep, Per>& d, F&& f) {
   static_assert(alignof(Fn) <= 64, "gort::after_func: callable alignment above 64");
   void* mem = nullptr;
   timer t;
-  t.core_ = detail::timer_make(nullptr, sizeof(Fn), nullptr, nullptr, &mem);
+  t.core_ = detail::timer_make(nullptr, sizeof(Fn), alignof(Fn), &mem);
   try {
     ::new (mem) Fn(std::forward<F>(f));
   } catch (...) {
     detail::timer_free(std::exchange(t.core_, nullptr));  // nothing constructed, nothing bound
     throw;
   }
-  detail::timer_bind(t.core_, [](void* p) { (*static_cast<Fn*>(p))(); },
-                     [](void* p) noexcept { static_cast<Fn*>(p)->~Fn(); });
-  t.arm(detail::timer_when(d), 0);
+  t.start([](void* p) { (*static_cast<Fn*>(p))(); }, [](void* p) noexcept { static_cast<Fn*>(p)->~Fn(); },
+          detail::timer_when(d), 0);
   return t;
 }
 
@@ -160,8 +163,8 @@ class ticker {
     const std::int64_t period = detail::timer_period(d, "gort::ticker");
     t_.ch_.emplace(1);
     void* unused;
-    t_.core_ = detail::timer_make(detail::core_of(*t_.ch_, "gort::ticker"), 0, nullptr, nullptr, &unused);
-    t_.arm(detail::timer_when(d), period);
+    t_.core_ = detail::timer_make(detail::core_of(*t_.ch_, "gort::ticker"), 0, 1, &unused);
+    t_.start(nullptr, nullptr, detail::timer_when(d), period);
   }
   const chan<time_point>& c() const { return t_.c(); }
   void stop() noexcept { t_.stop(); }
@@ -175,17 +178,13 @@ class ticker {
   timer t_;
 };
 
-// Go's time.After: a channel that receives the time once, after d. Behind it is a G asleep
-// until then (one stack page); it cannot be cancelled, so prefer timer (or select's
-// on_timeout) where the wait may be abandoned.
+// Go's time.After: a channel that receives the time once, after d. Behind it is a timer with
+// no handle, which frees itself once it has fired; it cannot be stopped, so prefer timer (or
+// select's on_timeout) where the wait may be abandoned: it stays armed until d has passed.
 template <class Rep, class Per>
 chan<std::chrono::steady_clock::time_point> after(const std::chrono::duration<Rep, Per>& d) {
   chan<std::chrono::steady_clock::time_point> ch(1);
-  const auto dl = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(detail::timer_when(d)));
-  gort::go([ch, dl] {
-    gort::sleep_until(dl);
-    ch.try_send(std::chrono::steady_clock::now());
-  });
+  detail::timer_after(detail::core_of(ch, "gort::after"), detail::timer_when(d));
   return ch;
 }
 
