@@ -94,6 +94,9 @@ struct waitq {
 
 }  // namespace
 
+// Laid out for the hot path: everything an uncontended send or receive touches (lock, ring
+// state, element size, queue heads) is in the first two cache lines, which start on a line
+// boundary; the reference count, touched when handles are copied, is out of the way.
 struct chan_core {
   rt::spinlock lock;
   bool closed = false;
@@ -102,11 +105,13 @@ struct chan_core {
   std::size_t sendx = 0;              // next slot to send into
   std::size_t cap = 0;
   char* buf = nullptr;
+  std::size_t esize = 0;
   const elem_ops* ops = nullptr;
   waitq recvq, sendq;
-  std::atomic<std::uint32_t> refs{1};
+  void* mem = nullptr;  // the allocation this core was placed in
+  alignas(64) std::atomic<std::uint32_t> refs{1};
 
-  char* at(std::size_t i) const noexcept { return buf + i * ops->size; }
+  char* at(std::size_t i) const noexcept { return buf + i * esize; }
 };
 
 namespace {
@@ -199,13 +204,16 @@ chan_core* chan_make(const elem_ops* ops, std::size_t capacity) {
   const std::size_t hdr = sizeof(chan_core);
   if (capacity > (std::size_t{1} << 40) / ops->size)
     throw std::length_error("gort::chan: capacity " + std::to_string(capacity) + " is too large");
-  // One block: the core, then the ring aligned for the element (blocks are 16-aligned; more
-  // alignment is found inside the spare `align` bytes).
-  void* mem = rt::alloc(hdr + ops->align + capacity * ops->size);
-  auto* c = ::new (mem) chan_core;
+  // One block: the core on a cache-line boundary, then the ring aligned for the element
+  // (blocks are 16-aligned; the extra alignment is found in spare bytes).
+  void* mem = rt::alloc(64 + hdr + ops->align + capacity * ops->size);
+  auto a = (reinterpret_cast<std::uintptr_t>(mem) + 63) & ~std::uintptr_t{63};
+  auto* c = ::new (reinterpret_cast<void*>(a)) chan_core;
+  c->mem = mem;
   c->ops = ops;
+  c->esize = ops->size;
   c->cap = capacity;
-  auto b = reinterpret_cast<std::uintptr_t>(mem) + hdr;
+  auto b = a + hdr;
   b = (b + ops->align - 1) & ~(std::uintptr_t{ops->align} - 1);
   c->buf = reinterpret_cast<char*>(b);
   return c;
@@ -223,8 +231,9 @@ void chan_release(chan_core* c) noexcept {
     destroy_elem(c->ops, c->at(x));
     if (++x == c->cap) x = 0;
   }
+  void* mem = c->mem;
   c->~chan_core();
-  rt::free_mem(c);
+  rt::free_mem(mem);
 }
 
 chan_status chan_send(chan_core* c, void* v, std::int64_t deadline_ns) {
