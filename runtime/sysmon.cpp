@@ -74,18 +74,11 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t* next_deadl
     p* pp = sched.ps[i];
     psample& s = ps[i];
     std::uint32_t st = pp->status.load(std::memory_order_acquire);
-    if (stopping) {
-      // Shutdown: every G still running is abandoned. Stop it wherever it is (the handler sees
-      // the state and sends its M to exit), so that a G in an endless loop cannot hold
-      // shutdown up. Ms already held in the handler are woken by run_main.
-      if (st != prunning) continue;
-      if (m* mp = pp->curm.load(std::memory_order_relaxed); mp && now - s.signalled >= resignal_ns) {
-        pp->preempt_req.store(pp->schedtick.load(std::memory_order_relaxed), std::memory_order_relaxed);
-        if (sched.async_preempt) preempt_m(mp);
-        s.signalled = now;
-      }
-      continue;
-    }
+    if (stopping && st != prunning) continue;
+    // Shutdown: Gs still running are abandoned, but one that is about to reach the scheduler
+    // (finishing a destructor, say) gets the rest of its slice to get there; one that overstays
+    // it is stopped by the usual signal, whose handler then sends its M to exit. So a G in an
+    // endless loop cannot hold shutdown up, and nothing is cut off needlessly.
     if (st == ppreempted) {
       take_preempted(pp);
       acted = true;
