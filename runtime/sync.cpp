@@ -105,12 +105,21 @@ struct qguard {
 //   woken    a waiter has been woken (or a spinner announced itself) and will retry: unlock
 //            need not wake another. Whoever holds the bit clears it in its next state CAS.
 //   starving unlock hands the lock to the queue's head; nobody else may take it
-//   waiters  the queue is not empty (changed only under qlock_)
+//   waiters  the queue is not empty (changed only under the queue lock)
+//   qlock    the queue lock: guards head_/tail_ and the nodes' links
+//
+// The queue lock is a bit of the same word, so that releasing the mutex is always the last
+// touch of its memory: an unlock that must wake someone takes qlock while still holding
+// `locked`, picks the waiter, and then clears `locked` and `qlock` in one CAS; it wakes the
+// waiter through the node on the waiter's stack, never through the mutex. So, as with
+// std::mutex, a mutex may be destroyed by whoever locks it last as soon as it unlocks, even
+// while the previous owner is still returning from unlock(). (A spinner sets `woken` only
+// while qlock is clear, so `woken` cannot change under an unlocker's qlock.)
 //
 // Lost wake-ups: a locker sets `waiters` with a CAS that requires `locked` (or `starving`),
-// under qlock_, and keeps qlock_ until parked; an unlocker clears `locked` with a CAS and, if
-// it saw `waiters`, takes qlock_. The CASes on the word are totally ordered, so either the
-// unlocker sees `waiters` (and then finds the node, since it waits for qlock_), or the locker's
+// under qlock, and keeps qlock until parked; an unlocker clears `locked` with a CAS, and wakes
+// if it saw `waiters` (and no `woken`). The CASes on the word are totally ordered, so either
+// the unlocker sees `waiters` (and then finds the node, since it takes qlock), or the locker's
 // CAS fails and it re-reads an unlocked mutex and takes it.
 //
 // Starvation: a waiter woken in normal mode competes with running lockers, which usually win
@@ -122,7 +131,7 @@ struct qguard {
 // also clears `starving`, so the mutex is never "starving, unlocked, with no one to hand it on".
 
 namespace {
-constexpr std::uint32_t m_locked = 1, m_woken = 2, m_starving = 4, m_waiters = 8;
+constexpr std::uint32_t m_locked = 1, m_woken = 2, m_starving = 4, m_waiters = 8, m_qlock = 16;
 constexpr std::int64_t starve_ns = 1'000'000;
 char handoff_tag;  // ws.winner of a waiter that was handed the lock
 
@@ -145,6 +154,23 @@ bool can_spin(int iter) {
 void spin_pause() noexcept {
   for (int i = 0; i < 30; ++i) rt::cpu_relax();
 }
+
+// Takes the queue lock bit; returns the state word with it set.
+std::uint32_t qlock_bit(std::atomic<std::uint32_t>& st) noexcept {
+  std::uint32_t old = st.load(std::memory_order_relaxed);
+  for (;;) {
+    if (old & m_qlock) {
+      rt::cpu_relax();
+      old = st.load(std::memory_order_relaxed);
+      continue;
+    }
+    if (st.compare_exchange_weak(old, old | m_qlock, std::memory_order_acquire, std::memory_order_relaxed))
+      return old | m_qlock;
+  }
+}
+void qunlock_commit(rt::fiber*, void* st) {
+  static_cast<std::atomic<std::uint32_t>*>(st)->fetch_and(~m_qlock, std::memory_order_release);
+}
 }  // namespace
 
 bool mutex::lock_slow(std::int64_t deadline) {
@@ -158,7 +184,7 @@ bool mutex::lock_slow(std::int64_t deadline) {
   for (;;) {
     if ((old & (m_locked | m_starving)) == m_locked && can_spin(iter)) {
       // Tell unlock not to wake a waiter: we are about to take it ourselves.
-      if (!awoke && !(old & m_woken) && (old & m_waiters) &&
+      if (!awoke && !(old & (m_woken | m_qlock)) && (old & m_waiters) &&
           state_.compare_exchange_weak(old, old | m_woken, std::memory_order_relaxed))
         awoke = true;
       spin_pause();
@@ -176,8 +202,7 @@ bool mutex::lock_slow(std::int64_t deadline) {
       if (awoke) state_.fetch_and(~m_woken, std::memory_order_relaxed);
       return false;
     }
-    rt::spin_lock(qlock_);
-    old = state_.load(std::memory_order_relaxed);
+    old = qlock_bit(state_);
     bool free_now = false;
     for (;;) {
       if (!(old & (m_locked | m_starving))) {
@@ -190,8 +215,9 @@ bool mutex::lock_slow(std::int64_t deadline) {
       if (state_.compare_exchange_weak(old, nw, std::memory_order_relaxed)) break;
     }
     if (free_now) {
-      rt::spin_unlock(qlock_);
-      continue;  // `old` is current; still owning `woken` if awoke (cleared when we take it)
+      // Still owning `woken` if awoke (cleared when we take the lock).
+      old = state_.fetch_and(~m_qlock, std::memory_order_release) & ~m_qlock;
+      continue;
     }
     awoke = false;  // the CAS above gave `woken` back
     wnode n;
@@ -200,12 +226,14 @@ bool mutex::lock_slow(std::int64_t deadline) {
     if (wait_start) q.push_front(&n);
     else q.push_back(&n);
     if (!wait_start) wait_start = rt::nanotime();
-    if (!park_on(n, qlock_, deadline, "mutex")) {
-      qguard g(qlock_);
+    if (!rt::block(n.ws, deadline, "mutex", {qunlock_commit, &state_})) {
+      qlock_bit(state_);
+      std::uint32_t clear = m_qlock;
       if (n.queued) {
         q.remove(&n);
-        if (q.empty()) state_.fetch_and(~(m_waiters | m_starving), std::memory_order_relaxed);
+        if (q.empty()) clear |= m_waiters | m_starving;
       }
+      state_.fetch_and(~clear, std::memory_order_release);
       return false;
     }
     starving = starving || rt::nanotime() - wait_start > starve_ns;
@@ -225,38 +253,37 @@ bool mutex::unlock_quiet() {
   std::uint32_t old = state_.load(std::memory_order_relaxed);
   for (;;) {
     if (!(old & m_locked)) not_permitted("gort::mutex::unlock: the mutex is not locked");
-    if (old & m_starving) break;
-    std::uint32_t nw = old & ~m_locked;
-    const bool wake = (old & m_waiters) && !(old & m_woken);
-    if (wake) nw |= m_woken;
-    if (!state_.compare_exchange_weak(old, nw, std::memory_order_release, std::memory_order_relaxed))
+    const bool starving = old & m_starving;
+    if (!starving && (!(old & m_waiters) || (old & m_woken))) {
+      // Nobody to wake: the release is all.
+      if (state_.compare_exchange_weak(old, old & ~m_locked, std::memory_order_release, std::memory_order_relaxed))
+        return false;
       continue;
-    if (!wake) return false;
-    wnode* n;
-    {
-      qguard g(qlock_);
-      n = q.pop_claim();
-      std::uint32_t clear = n ? 0u : m_woken;  // nobody to wake after all: give `woken` back
-      if (q.empty()) clear |= m_waiters;
-      if (clear) state_.fetch_and(~clear, std::memory_order_relaxed);
     }
-    if (n) rt::finish(n->ws);  // it retries the lock (normal mode)
-    return false;
-  }
-  // Starving: hand the lock over with `locked` kept set.
-  wnode* n;
-  {
-    qguard g(qlock_);
-    n = q.pop_claim();
-    if (!n) {
-      state_.fetch_and(~(m_locked | m_starving | m_waiters), std::memory_order_release);
-      return false;
+    // Someone to wake or hand the lock to: take the queue lock first, still holding `locked`.
+    if (old & m_qlock) {
+      rt::cpu_relax();
+      old = state_.load(std::memory_order_relaxed);
+      continue;
     }
-    n->ws.winner = &handoff_tag;
-    if (q.empty()) state_.fetch_and(~(m_starving | m_waiters), std::memory_order_relaxed);
+    if (!state_.compare_exchange_weak(old, old | m_qlock, std::memory_order_acquire, std::memory_order_relaxed))
+      continue;
+    wnode* n = q.pop_claim();
+    if (n && starving) n->ws.winner = &handoff_tag;
+    // One CAS releases what must go (the queue lock; `locked` unless handed off), and is our
+    // last touch of the mutex. Nobody else changes `woken` while we hold the queue lock, and
+    // `starving` stays (the lock stays held) unless the queue is empty.
+    old |= m_qlock;
+    std::uint32_t nw;
+    do {
+      nw = old & ~m_qlock;
+      if (!(n && starving)) nw &= ~m_locked;
+      if (n && !starving) nw |= m_woken;  // it retries the lock (normal mode)
+      if (q.empty()) nw &= ~(m_waiters | m_starving);
+    } while (!state_.compare_exchange_weak(old, nw, std::memory_order_release, std::memory_order_relaxed));
+    if (n) rt::finish(n->ws);  // handed off: our critical section happens-before its
+    return n && starving;
   }
-  rt::finish(n->ws);  // release: our critical section happens-before its
-  return true;
 }
 
 void mutex::unlock_slow() {

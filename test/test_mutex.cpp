@@ -250,6 +250,45 @@ TEST_CASE("mutex: timed waiters that give up mixed with plain lockers lose nothi
   CHECK(r.first + r.second == 64 * per);
 }
 
+TEST_CASE("mutex: the last user may destroy it right after unlocking", "[mutex]") {
+  // std::mutex semantics: once every other user's unlock has happened before our lock, we may
+  // lock, unlock and destroy, even while the others are still returning from unlock(). With
+  // contention (waiters, wake-ups, starvation hand-offs) an unlocker that touched the mutex
+  // after releasing it would write freed memory here (caught by ASan, or a crash).
+  no_procs_env env;
+  const unsigned procs = GENERATE(2u, 4u);
+  const int rounds = static_cast<int>(2000 / test_scale());
+  const int users = 6;
+  std::atomic<int> destroyed{0};
+  gort::run(with_procs(procs), [&] {
+    gort::wait_group wg;
+    wg.add(rounds * users);
+    for (int r = 0; r < rounds; ++r) {
+      auto* mu = new gort::mutex;
+      auto* count = new int(0);
+      for (int u = 0; u < users; ++u)
+        gort::go([&, mu, count] {
+          int c;
+          for (int k = 0; k < 20; ++k) {
+            mu->lock();
+            c = ++*count;
+            mu->unlock();
+          }
+          if (c == users * 20) {  // the last increment: everyone else has unlocked for good
+            mu->lock();
+            mu->unlock();
+            delete mu;
+            delete count;
+            ++destroyed;
+          }
+          wg.done();
+        });
+    }
+    wg.wait();
+  });
+  CHECK(destroyed == rounds);
+}
+
 TEST_CASE("shared_mutex: readers share, writers exclude", "[rwmutex]") {
   no_procs_env env;
   const unsigned procs = GENERATE(1u, 2u, 4u);

@@ -75,9 +75,13 @@ class mutex {
   ~mutex() = default;
 
   void lock() {
+    // Free (neither locked nor starving): take it, even with waiters queued (normal mode lets a
+    // running G barge in; the queue bits stay as they are).
     std::uint32_t e = 0;
-    if (!state_.compare_exchange_strong(e, 1, std::memory_order_acquire, std::memory_order_relaxed))
-      lock_slow(0);
+    if (state_.compare_exchange_strong(e, 1, std::memory_order_acquire, std::memory_order_relaxed)) return;
+    if (!(e & 5u) && state_.compare_exchange_strong(e, e | 1u, std::memory_order_acquire, std::memory_order_relaxed))
+      return;
+    lock_slow(0);
   }
   bool try_lock() noexcept {
     std::uint32_t s = state_.load(std::memory_order_relaxed);
@@ -95,9 +99,14 @@ class mutex {
     return try_lock() || detail::until_clock(t, [this](std::int64_t dl) { return lock_slow(dl); });
   }
   void unlock() {
+    // Locked, not starving, and nobody to wake (no waiters, or one already woken): one CAS is
+    // the whole unlock, and the last touch of the mutex.
     std::uint32_t e = 1;
-    if (!state_.compare_exchange_strong(e, 0, std::memory_order_release, std::memory_order_relaxed))
-      unlock_slow();
+    if (state_.compare_exchange_strong(e, 0, std::memory_order_release, std::memory_order_relaxed)) return;
+    if ((e & 5u) == 1u && (!(e & 8u) || (e & 2u)) &&
+        state_.compare_exchange_strong(e, e & ~1u, std::memory_order_release, std::memory_order_relaxed))
+      return;
+    unlock_slow();
   }
 
  private:
@@ -106,9 +115,9 @@ class mutex {
   GORT_API void unlock_slow();
   bool unlock_quiet();  // unlock without the starvation-mode yield; true if handed off
 
-  // locked 1 | woken 2 | starving 4 | waiters queued 8. Layout and protocol: runtime/sync.cpp.
+  // locked 1 | woken 2 | starving 4 | waiters queued 8 | queue lock 16, in one word so that an
+  // unlock's last touch of the mutex is the one CAS that releases it. Protocol: runtime/sync.cpp.
   std::atomic<std::uint32_t> state_{0};
-  std::atomic<std::uint32_t> qlock_{0};  // guards the waiter queue
   void* head_ = nullptr;
   void* tail_ = nullptr;
 };
