@@ -125,7 +125,10 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t* next_deadl
         acted = true;
       }
       if (s.signalled == 0 || now - s.signalled >= resignal_ns) {
-        if (sched.async_preempt) preempt_m(mp);
+        // Holding the M costs a thread to run the P meanwhile: at the thread limit, the G is
+        // left to cooperative preemption rather than making the program fail.
+        if (sched.async_preempt && (stopping || sched.nmrunning.load() + 1 < sched.max_threads))
+          preempt_m(mp);
         s.signalled = now;
       }
       continue;
