@@ -38,6 +38,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "sched.hpp"
 #include "wait.hpp"
@@ -345,15 +346,24 @@ void chan_null(const char* op) {
 
 namespace {
 
-// xorshift64*, per thread. Only called from here, with no switch inside, so the thread-local
-// is never cached across a G's migration (docs/design.md "Thread-local state").
-[[gnu::noinline]] std::uint32_t select_rand() noexcept {
-  static thread_local std::uint64_t s = 0;
-  if (s == 0) s = (reinterpret_cast<std::uintptr_t>(&s) ^ static_cast<std::uint64_t>(rt::nanotime())) | 1;
-  s ^= s >> 12;
-  s ^= s << 25;
-  s ^= s >> 27;
-  return static_cast<std::uint32_t>((s * 0x2545F4914F6CDD1Dull) >> 32);
+// Fills order[0..n) with a uniformly random permutation (inside-out Fisher-Yates), drawing
+// from a per-thread xorshift64*. One call per select, with no switch inside, so the
+// thread-local is never cached across a G's migration (docs/design.md "Thread-local state").
+[[gnu::noinline]] void select_order(std::uint32_t* order, std::size_t n) noexcept {
+  static thread_local std::uint64_t state = 0;
+  std::uint64_t s = state;
+  if (s == 0) s = (reinterpret_cast<std::uintptr_t>(&state) ^ static_cast<std::uint64_t>(rt::nanotime())) | 1;
+  order[0] = 0;
+  for (std::size_t i = 1; i < n; ++i) {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    const std::uint64_t r = (s * 0x2545F4914F6CDD1Dull) >> 32;  // 32 good bits
+    const std::size_t j = (r * (i + 1)) >> 32;                  // uniform in [0, i]
+    order[i] = static_cast<std::uint32_t>(i);
+    std::swap(order[i], order[j]);
+  }
+  state = s;
 }
 
 struct lockset {
@@ -374,14 +384,17 @@ struct lockset {
 // the array in it, stay as they are, and after that this loop reads nothing.
 void unlock_set(rt::fiber*, void* arg) noexcept { static_cast<lockset*>(arg)->unlock(); }
 
-// Scratch arrays for a select: on the stack for the usual handful of cases.
+// Scratch arrays for a select: on the stack for the usual handful of cases, left
+// uninitialised (the select writes each element before reading it).
 template <class T, std::size_t N>
 struct scratch {
-  T inline_[N];
+  static_assert(std::is_trivially_destructible_v<T>);
+  alignas(T) unsigned char inline_[N * sizeof(T)];
   T* p;
-  explicit scratch(std::size_t n) : p(n <= N ? inline_ : static_cast<T*>(rt::alloc(n * sizeof(T)))) {}
+  explicit scratch(std::size_t n)
+      : p(n <= N ? reinterpret_cast<T*>(inline_) : static_cast<T*>(rt::alloc(n * sizeof(T)))) {}
   ~scratch() {
-    if (p != inline_) rt::free_mem(p);
+    if (p != reinterpret_cast<T*>(inline_)) rt::free_mem(p);
   }
   scratch(const scratch&) = delete;
   scratch& operator=(const scratch&) = delete;
@@ -407,14 +420,19 @@ std::size_t chan_select(select_case* cs, std::size_t n, std::int64_t deadline_ns
   // with equal probability. Lock order: channel addresses, each channel once.
   scratch<std::uint32_t, 16> order(n);
   scratch<chan_core*, 16> chans(n);
+  select_order(order.p, n);
+  // Insertion sort, dropping duplicates: n is small, and this beats std::sort's set-up.
+  std::size_t nlocks = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    const std::size_t j = (static_cast<std::uint64_t>(select_rand()) * (i + 1)) >> 32;
-    order[i] = order[j];
-    order[j] = static_cast<std::uint32_t>(i);
-    chans[i] = cs[i].c;
+    chan_core* c = cs[i].c;
+    std::size_t j = nlocks;
+    while (j > 0 && std::less<chan_core*>()(c, chans[j - 1])) --j;
+    if (j > 0 && chans[j - 1] == c) continue;
+    for (std::size_t k = nlocks; k > j; --k) chans[k] = chans[k - 1];
+    chans[j] = c;
+    ++nlocks;
   }
-  std::sort(chans.p, chans.p + n, std::less<chan_core*>());
-  lockset ls{chans.p, static_cast<std::size_t>(std::unique(chans.p, chans.p + n) - chans.p)};
+  lockset ls{chans.p, nlocks};
 
   ls.lock();
   for (std::size_t k = 0; k < n; ++k) {
@@ -456,8 +474,7 @@ std::size_t chan_select(select_case* cs, std::size_t n, std::int64_t deadline_ns
   rt::wait_state ws;
   scratch<chan_waiter, 8> nodes(n);
   for (std::size_t i = 0; i < n; ++i) {
-    chan_waiter& w = nodes[i];
-    w = chan_waiter{};
+    chan_waiter& w = *::new (&nodes[i]) chan_waiter;
     w.ws = &ws;
     w.elem = cs[i].elem;
     (cs[i].send ? cs[i].c->sendq : cs[i].c->recvq).push(&w);

@@ -486,26 +486,28 @@ TEST_CASE("plain OS threads feed Gs and Gs feed a plain OS thread", "[chan][thre
   auto cap = GENERATE(0u, 16u);
   const long per = 20000 / test_scale();
   gort::chan<long> in(cap), out(cap);
-  // std::thread consumer of what the Gs produce, started before the runtime even exists.
   std::atomic<long> out_sum{0}, out_count{0};
-  std::thread consumer([&] {
-    while (auto v = out.recv()) {
-      out_sum.fetch_add(*v);
-      out_count.fetch_add(1);
-    }
-  });
-  // Producer threads, also plain std::threads. Nothing in a G may block its thread (joining a
-  // std::thread from a G would hold the G's processor), so they report completion on a
-  // channel and are joined after the runtime is gone.
+  // Plain std::threads: producers feeding the Gs, and a consumer of what the Gs produce. They
+  // start from inside the runtime so that the deadlock detector knows threads outside it
+  // exist (it cannot see that they hold channels). Nothing in a G may block its thread
+  // (joining a std::thread from a G would hold the G's processor), so the producers report
+  // completion on a channel and all are joined after the runtime is gone.
   constexpr int nthreads = 3, nworkers = 4;
   gort::chan<int> finished(nthreads);
   std::vector<std::thread> producers;
-  for (int t = 0; t < nthreads; ++t)
-    producers.emplace_back([&, t] {
-      for (long i = 0; i < per; ++i) in.send(t * per + i);
-      finished.send(t);
-    });
+  std::thread consumer;
   gort::run(with_procs(procs), [&] {
+    consumer = std::thread([&] {
+      while (auto v = out.recv()) {
+        out_sum.fetch_add(*v);
+        out_count.fetch_add(1);
+      }
+    });
+    for (int t = 0; t < nthreads; ++t)
+      producers.emplace_back([&, t] {
+        for (long i = 0; i < per; ++i) in.send(t * per + i);
+        finished.send(t);
+      });
     gort::wait_group wg;
     wg.add(nworkers);
     for (int w = 0; w < nworkers; ++w)
