@@ -111,10 +111,29 @@ TEST_CASE("procs=2: four spinners and one setter; every spinner finishes", "[pre
   REQUIRE(finished.load() == 4);
 }
 
+namespace {
+
+thread_local long tl_counter = 0;
+
+// No gort call in here: only an asynchronous preemption can stop this G, and it must not move
+// it. The compiler may (and at -O2 does) keep &tl_counter in a register across the loop.
+__attribute__((noinline)) void round(std::atomic<long>& bad) {
+  asm volatile("" ::: "memory");
+  const pthread_t self = pthread_self();
+  const long start = tl_counter;
+  for (long k = 0; k < 2'000'000 / test_scale(); ++k) {
+    tl_counter = tl_counter + 1;
+    asm volatile("" ::: "memory");
+  }
+  if (tl_counter - start != 2'000'000 / test_scale() || !pthread_equal(self, pthread_self()))
+    bad.fetch_add(1);
+}
+
+}  // namespace
+
 TEST_CASE("a preempted G resumes on the thread it was interrupted on, its thread_locals intact",
           "[preempt]") {
   clean_env env;
-  static thread_local long tl_counter = 0;
   constexpr int ngs = 6, rounds = 4;
   std::atomic<long> bad{0}, loops{0};
   std::uint64_t before = gort::rt::sched.npreempted.load();
@@ -124,18 +143,12 @@ TEST_CASE("a preempted G resumes on the thread it was interrupted on, its thread
       wg.add(1);
       gort::go([&] {
         for (int r = 0; r < rounds; ++r) {
-          // No gort call in here: only an asynchronous preemption can stop this G, and it must
-          // not move it. The compiler may keep &tl_counter in a register across the loop.
-          const pthread_t self = pthread_self();
-          const long start = tl_counter;
-          for (long k = 0; k < 2'000'000 / test_scale(); ++k) {
-            tl_counter = tl_counter + 1;
-            asm volatile("" ::: "memory");
-          }
-          if (tl_counter - start != 2'000'000 / test_scale() || !pthread_equal(self, pthread_self()))
-            bad.fetch_add(1);
+          // The voluntary yield below may move this G to another thread, and the compiler may
+          // keep a thread_local's address across it (README, "thread_local and Gs"): each
+          // round gets the address afresh, through a function the compiler cannot see into.
+          round(bad);
           loops.fetch_add(1);
-          gort::yield();  // a voluntary switch may move us: fine, the next round re-reads
+          gort::yield();
         }
         wg.done();
       });
