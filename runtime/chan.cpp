@@ -226,7 +226,7 @@ void chan_retain(chan_core* c) noexcept { c->refs.fetch_add(1, std::memory_order
 // handle): destroy what is still buffered and free the block.
 void chan_release(chan_core* c) noexcept {
   if (c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  rt::nopreempt_scope np;
+  // Element destructors are user code: they run outside the no-preemption bracket.
   const std::size_t n = c->count.load(std::memory_order_relaxed);
   for (std::size_t i = 0, x = c->recvx; i < n; ++i) {
     destroy_elem(c->ops, c->at(x));
@@ -234,6 +234,7 @@ void chan_release(chan_core* c) noexcept {
   }
   void* mem = c->mem;
   c->~chan_core();
+  rt::nopreempt_scope np;
   rt::free_mem(mem);
 }
 
