@@ -2,10 +2,12 @@
 //
 // sysmon asks when it finds every P idle. The runtime is dead-locked when nothing can ever
 // make a waiting G runnable again: no G runs, is queued or is inside a blocking call; no timer
-// is armed (a deadline or a sleep would wake someone); no foreign thread is submitting work;
-// and no thread outside the runtime has appeared since run() began (it might hold a channel
-// and send on it later — we cannot know, so it counts as able to wake anyone). The main G must
-// still be unfinished: once it returns, run() abandons the waiting Gs, as Go's main does.
+// is armed (a deadline or a sleep would wake someone); and no thread of the program other than
+// the one blocked in run() exists — not now, and not when run() began. Such a thread might
+// hold a channel and send on it later; we cannot know, so its existence alone keeps the
+// detector quiet (a false alarm would kill a working program; a missed one leaves a hang that
+// a debugger explains). The main G must still be unfinished: once it returns, run() abandons
+// the waiting Gs, as Go's main does.
 //
 // The check reads counters without stopping the world, so one clean look proves nothing (an
 // M may be half-way through readying a G). Two looks 10 ms apart must agree and show no
@@ -51,6 +53,7 @@ bool all_asleep(snapshot* snap) {
   }
   // Runtime threads: the Ms and sysmon (the caller). Anything beyond those and the threads
   // that existed when run() began is a foreign thread that may yet wake someone.
+  if (sched.foreign_at_start) return false;
   const int threads = count_threads();
   if (threads < 0 || threads > sched.threads_at_start + static_cast<int>(sched.nmrunning.load()) + 1)
     return false;

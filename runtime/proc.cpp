@@ -44,6 +44,8 @@ constexpr std::uint32_t global_check_period = 61;
 constexpr int steal_tries = 4;
 // How long a spinning M keeps looking before it parks (see findrunnable).
 constexpr std::int64_t spin_before_park_ns = 20'000;
+// How long a thief leaves a running P's runnext alone before taking it (Go: 3 us).
+constexpr std::int64_t runnext_grace_ns = 3'000;
 // G ids handed to a P at a time.
 constexpr std::uint64_t goid_batch = 16;
 
@@ -509,6 +511,13 @@ g* steal_work(m* mp, p* pp) {
         check_timers(p2, now);
         bool inherit;
         if (g* gp = pp->q.get(inherit)) return gp;
+        // A running P's runnext is usually the partner its G is about to hand over to (a
+        // channel ping-pong, a woken waiter): stealing it at once moves every hand-off across
+        // cores. Give the victim a moment to run it itself first, as Go does (runqgrab).
+        if (p2->q.only_next() && p2->status.load(std::memory_order_relaxed) == prunning) {
+          const std::int64_t until = nanotime() + runnext_grace_ns;
+          while (nanotime() < until) cpu_relax();
+        }
       }
       if (std::uint32_t got = p2->q.grab(pp->q, last)) return pp->q.commit_steal(got);
     }
@@ -1299,13 +1308,17 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   mg->frame_on_heap = false;
   g_prepare(mg, main_body, nullptr, false);
   sched.main_g.store(mg);
+  // Threads that are not ours (deadlock.cpp), counted before we create any: the caller, and
+  // any other thread, which might feed the runtime later.
+  int helpers = 0;
 #if defined(__SANITIZE_THREAD__)
-  // TSan starts its background thread at the process's first pthread_create. Make that happen
-  // now, so that the count below includes it and it never passes for a foreign thread.
+  // TSan starts a background thread of its own at the process's first pthread_create. Make
+  // that happen now, so that it is counted here and known not to be the program's.
   std::thread([] {}).join();
+  helpers = 1;
 #endif
-  // Threads that are not ours (deadlock.cpp), counted before we create any.
   sched.threads_at_start = count_threads();
+  sched.foreign_at_start = sched.threads_at_start - 1 - helpers > 0;
   runqput(sched.ps[0], mg, false);
   sched.state.store(1, std::memory_order_seq_cst);
   if (!newm(sched.ps[0], false)) {

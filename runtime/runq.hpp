@@ -124,6 +124,12 @@ class runq {
     return gp;
   }
 
+  // Any thread: whether the ring is empty and only runnext holds a G (a hint).
+  bool only_next() const noexcept {
+    return head_.load(std::memory_order_acquire) == tail_.load(std::memory_order_acquire) &&
+           next_.load(std::memory_order_acquire) != nullptr;
+  }
+
   bool empty() const noexcept {
     // Go's runqempty: a G moving between runnext and the ring must not make the queue look
     // empty, so read head/tail/runnext and re-check tail.

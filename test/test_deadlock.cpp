@@ -97,6 +97,23 @@ TEST_CASE("no report for a G waiting on a channel that a foreign thread will fee
   REQUIRE(r.exited(0));
 }
 
+TEST_CASE("no report while a thread that existed before run() could still feed a G",
+          "[deadlock]") {
+  clean_env env;
+  auto r = run_in_child([] {
+    gort::chan<int> ch;
+    std::thread t([ch]() mutable {
+      std::this_thread::sleep_for(300ms);
+      ch.send(7);
+    });
+    int v = gort::run(with_procs(2), [&] { return ch.recv().value_or(-1); });
+    t.join();
+    if (v != 7) std::abort();
+  }, 60);
+  INFO(r.out);
+  REQUIRE(r.exited(0));
+}
+
 TEST_CASE("a join that can never complete is a deadlock too", "[deadlock]") {
   clean_env env;
   auto r = in_child(2, [] {
