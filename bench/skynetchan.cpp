@@ -1,6 +1,6 @@
 // Skynet in the classic channel form: every node is a G that starts its 10 children and adds up
 // what they send on the node's own unbuffered channel; each of the leaves sends its number.
-// Twin: bench/go/skynetchan (the same program as bench/go/skynet).
+// Twin: bench/go/skynet (tools/bench row "skynetchan skynetchan:skynet").
 // Usage: skynetchan [leaves=1000000] [procs=2]   (leaves must be a power of 10)
 #include <gort/chan.hpp>
 #include <gort/gort.hpp>
