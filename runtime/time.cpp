@@ -36,6 +36,17 @@
 
 #include "sched.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#define GORT_TIME_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define GORT_TIME_TSAN 1
+#endif
+#endif
+#if GORT_TIME_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
 namespace gort {
 
 namespace detail {
@@ -60,6 +71,24 @@ struct timer_core {
 
 namespace {
 
+// TSan does not see rt::alloc/free_mem (mimalloc's own entry points) as synchronising, so a
+// core freed by one G and its block reused by another would look like a race. Say that a
+// free happens before the next allocation of the same block.
+inline void mem_freeing(void* p) noexcept {
+#if GORT_TIME_TSAN
+  __tsan_release(p);
+#else
+  (void)p;
+#endif
+}
+inline void mem_reused(void* p) noexcept {
+#if GORT_TIME_TSAN
+  __tsan_acquire(p);
+#else
+  (void)p;
+#endif
+}
+
 using detail::timer_core;
 using time_point = std::chrono::steady_clock::time_point;
 
@@ -70,6 +99,7 @@ void core_unref(timer_core* c) noexcept {
   if (c->destroy) c->destroy(c->fn);
   if (c->ch) detail::chan_release(c->ch);
   c->~timer_core();
+  mem_freeing(c);
   rt::free_mem(c);
 }
 
@@ -82,6 +112,7 @@ void drain_retired() noexcept {
     timer_core* next = c->next_retired;
     while (c->tm.firing.load(std::memory_order_acquire)) rt::cpu_relax();
     c->~timer_core();
+    mem_freeing(c);
     rt::free_mem(c);
     c = next;
   }
@@ -321,6 +352,7 @@ timer_core* timer_make(chan_core* ch, std::size_t fn_size, std::size_t fn_align,
   // aligned above that finds its place in fn_align - 16 bytes of slack.
   const std::size_t head = (sizeof(timer_core) + 15) & ~std::size_t{15};
   void* mem = rt::alloc(head + fn_size + (fn_align > 16 ? fn_align - 16 : 0));
+  mem_reused(mem);
   auto* c = ::new (mem) timer_core;
   if (fn_size) {
     const auto base = reinterpret_cast<std::uintptr_t>(mem) + head;
