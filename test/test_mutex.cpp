@@ -488,6 +488,9 @@ TEST_CASE("semaphore: at most N holders, and exactly N reached", "[semaphore]") 
       for (long k = 0; k < per; ++k) {
         sem.acquire();
         atomic_max(max_in, ++in);
+        // Hold on (a bounded while) until N holders were seen together: with few iterations
+        // (TSan, qemu) a plain yield may never line up N of them.
+        for (int y = 0; y < 200 && max_in.load() < limit; ++y) gort::yield();
         gort::yield();
         --in;
         ++total;
