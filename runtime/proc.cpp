@@ -1277,6 +1277,11 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   // with malloc so that its checks see every block.
   sched.system_alloc = RUNNING_ON_VALGRIND != 0;
 #endif
+#if defined(__SANITIZE_THREAD__)
+  // TSan intercepts malloc but not mimalloc's heap API: a block freed by one G and reused by
+  // another would look like a race between them.
+  sched.system_alloc = true;
+#endif
   sched.stacks = pool.release();
   sched.stack_size = cfg.stack_size;
   sched.frame_budget = cfg.stack_size / 4;
