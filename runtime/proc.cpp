@@ -927,9 +927,9 @@ void yield_commit(fiber* f, void* arg) {
 }  // namespace
 
 void ready(g* gp, bool next) noexcept {
-  nopreempt_scope np;
-  gp->status.store(gstatus::runnable, std::memory_order_release);
   m* mp = getm();
+  nopreempt_scope np(mp ? mp->curg : nullptr);
+  gp->status.store(gstatus::runnable, std::memory_order_release);
   p* pp = mp ? mp->curp : nullptr;
   if (pp) {
     runqput(pp, gp, next);
@@ -955,7 +955,7 @@ void yield_g() noexcept {
     std::this_thread::yield();
     return;
   }
-  nopreempt_scope np;
+  nopreempt_scope np(gp);
   p* pp = mp->curp;
   g* next = next_here(mp, true);
   if (!next) {
@@ -1002,8 +1002,8 @@ void wait_on(waiter& w, const char* reason, transition unlock) noexcept {
 }
 
 void* alloc(std::size_t n) {
-  nopreempt_scope np;
   m* mp = getm();
+  nopreempt_scope np(mp ? mp->curg : nullptr);
   p* pp = mp ? mp->curp : nullptr;
   void* r = sched.system_alloc ? std::malloc(n)
             : (pp && pp->home == mp && pp->heap)

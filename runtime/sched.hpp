@@ -279,7 +279,8 @@ void free_mem(void* ptr) noexcept;
 // update). Every runtime entry point a G can call opens one. Cheap: one TLS read.
 class nopreempt_scope {
  public:
-  nopreempt_scope() noexcept : gp_(getg()) {
+  nopreempt_scope() noexcept : nopreempt_scope(getg()) {}
+  explicit nopreempt_scope(g* gp) noexcept : gp_(gp) {  // gp: the current G, or null
     if (gp_) gp_->nopreempt.store(gp_->nopreempt.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
   ~nopreempt_scope() {
