@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "sched.hpp"
@@ -67,7 +68,10 @@ void take_preempted(p* pp) {
 
 // One look at every P. Returns whether anything needed doing; *next_deadline is lowered to
 // when the oldest running slice will have expired.
-bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t* next_deadline) {
+// `prev`: the time of the previous look. A tick seen to have moved since then started its slice
+// somewhere after `prev`; counting from `prev` means no G overstays its slice by more than
+// sysmon's own lateness, at the price of cutting some slices short by up to one look interval.
+bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::int64_t* next_deadline) {
   bool acted = false;
   const bool stopping = sched.state.load(std::memory_order_acquire) != 1;
   for (std::size_t i = 0; i < sched.ps.size(); ++i) {
@@ -115,7 +119,7 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t* next_deadl
     std::uint32_t t = pp->schedtick.load(std::memory_order_relaxed);
     if (t != s.schedtick || s.schedwhen == 0) {
       s.schedtick = t;
-      s.schedwhen = now;
+      s.schedwhen = prev ? prev : now;
       s.signalled = 0;
     } else if (now - s.schedwhen >= sched.time_slice_ns) {
       // Over its slice. A first request counts as action (sysmon stays alert to hand the P
@@ -147,6 +151,7 @@ void sysmon_main() {
   std::vector<psample> samples(sched.ps.size());
   const std::int64_t max_sleep = std::clamp<std::int64_t>(sched.time_slice_ns / 10, tick_ns, 10'000'000);
   std::int64_t sleep = tick_ns;
+  std::int64_t last_look = 0;  // 0: none since sysmon last slept with every P idle
   int idle = 0;
   while (!quit.load(std::memory_order_acquire)) {
     // Every P idle: sleep until one is taken (pidle_taken), with no timeout at all.
@@ -161,6 +166,7 @@ void sysmon_main() {
       }
       sched.sysmon_wait.store(0, std::memory_order_seq_cst);
       for (psample& s : samples) s = psample{};
+      last_look = 0;
       sleep = tick_ns;
       idle = 0;
       continue;
@@ -170,7 +176,8 @@ void sysmon_main() {
     sched.sysmon_note.clear();
     std::int64_t now = nanotime();
     std::int64_t deadline = now + max_sleep;
-    if (retake(samples, now, &deadline)) {
+    const std::int64_t prev = std::exchange(last_look, now);
+    if (retake(samples, now, prev, &deadline)) {
       idle = 0;
       sleep = tick_ns;
     } else if (++idle > idle_ticks_before_backoff) {
