@@ -2,12 +2,14 @@
 //
 // sysmon asks when it finds every P idle. The runtime is dead-locked when nothing can ever
 // make a waiting G runnable again: no G runs, is queued or is inside a blocking call; no timer
-// is armed (a deadline or a sleep would wake someone); and no thread of the program other than
-// the one blocked in run() exists — not now, and not when run() began. Such a thread might
-// hold a channel and send on it later; we cannot know, so its existence alone keeps the
-// detector quiet (a false alarm would kill a working program; a missed one leaves a hang that
-// a debugger explains). The main G must still be unfinished: once it returns, run() abandons
-// the waiting Gs, as Go's main does.
+// is armed (a deadline or a sleep would wake someone); no foreign thread is submitting work;
+// and no thread has appeared since run() began (it might hold a channel and send on it later;
+// we cannot know, so its existence keeps the detector quiet). Threads that existed before
+// run() are not counted: the process may have helpers that are not the program's (TSan's
+// background thread, qemu-user's RCU thread), and we cannot tell them apart. A program whose
+// pre-existing thread feeds the runtime turns detection off (config.detect_deadlock). The
+// main G must still be unfinished: once it returns, run() abandons the waiting Gs, as Go's
+// main does.
 //
 // The check reads counters without stopping the world, so one clean look proves nothing (an
 // M may be half-way through readying a G). Two looks 10 ms apart must agree and show no
@@ -53,7 +55,6 @@ bool all_asleep(snapshot* snap) {
   }
   // Runtime threads: the Ms and sysmon (the caller). Anything beyond those and the threads
   // that existed when run() began is a foreign thread that may yet wake someone.
-  if (sched.foreign_at_start) return false;
   const int threads = count_threads();
   if (threads < 0 || threads > sched.threads_at_start + static_cast<int>(sched.nmrunning.load()) + 1)
     return false;

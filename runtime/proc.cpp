@@ -1313,17 +1313,13 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   mg->frame_on_heap = false;
   g_prepare(mg, main_body, nullptr, false);
   sched.main_g.store(mg);
-  // Threads that are not ours (deadlock.cpp), counted before we create any: the caller, and
-  // any other thread, which might feed the runtime later.
-  int helpers = 0;
+  // Threads that are not ours (deadlock.cpp), counted before we create any.
 #if defined(__SANITIZE_THREAD__)
   // TSan starts a background thread of its own at the process's first pthread_create. Make
-  // that happen now, so that it is counted here and known not to be the program's.
+  // that happen now, so that it is counted here and never passes for a new foreign thread.
   std::thread([] {}).join();
-  helpers = 1;
 #endif
   sched.threads_at_start = count_threads();
-  sched.foreign_at_start = sched.threads_at_start - 1 - helpers > 0;
   runqput(sched.ps[0], mg, false);
   sched.state.store(1, std::memory_order_seq_cst);
   if (!newm(sched.ps[0], false)) {

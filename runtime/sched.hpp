@@ -222,7 +222,6 @@ struct sched_t {
   std::atomic<g*> main_g{nullptr};
   bool detect_deadlock = true;
   int threads_at_start = 0;  // OS threads of the process when run() began
-  bool foreign_at_start = false;  // some of them are the program's, besides run()'s caller
 };
 
 extern sched_t sched;

@@ -38,8 +38,9 @@ struct config {
   // Environment GORT_SYSMON=0/1.
   bool sysmon = true;
   // Abort with "gort: all goroutines are asleep - deadlock!" and a line per waiting G when no
-  // G can ever run again (docs/api.md "Deadlock report"). Needs sysmon. Silent while the
-  // process has threads of its own besides the runtime's (they might wake a G).
+  // G can ever run again (docs/api.md "Deadlock report"). Needs sysmon. Silent while threads
+  // created since run() began exist. Threads that existed before are assumed not to feed the
+  // runtime: a program where one does (sends on a channel later, say) turns this off.
   // Environment GORT_DEADLOCK=0/1.
   bool detect_deadlock = true;
 };
