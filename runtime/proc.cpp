@@ -28,6 +28,24 @@ namespace gort::rt {
 sched_t sched;
 
 namespace {
+// Decided once per process, at load time, because rt::alloc may run before, between and after
+// runtimes and every block must go back to the allocator it came from. Memcheck tracks malloc,
+// not mimalloc's heap API, so under Valgrind the runtime uses malloc and its checks see every
+// block; TSan intercepts malloc but not mimalloc, and would take a block freed by one G and
+// reused by another for a race between them.
+bool detect_system_alloc() noexcept {
+#if defined(__SANITIZE_THREAD__)
+  return true;
+#elif GORT_HAVE_VALGRIND
+  return RUNNING_ON_VALGRIND != 0;
+#else
+  return false;
+#endif
+}
+[[maybe_unused]] const bool system_alloc_decided = (sched.system_alloc = detect_system_alloc(), true);
+}  // namespace
+
+namespace {
 
 // Initial-exec: one fs/tpidr-relative load, and safe to read in the preemption signal handler
 // (no lazy TLS allocation).
@@ -1272,16 +1290,6 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   install_overflow_handler();
   if (sched.async_preempt && sched.sysmon_on) install_preempt_handler();
   sched.cfg = cfg;
-#if GORT_HAVE_VALGRIND
-  // Memcheck tracks malloc/free, not mimalloc's heap API: under Valgrind the runtime allocates
-  // with malloc so that its checks see every block.
-  sched.system_alloc = RUNNING_ON_VALGRIND != 0;
-#endif
-#if defined(__SANITIZE_THREAD__)
-  // TSan intercepts malloc but not mimalloc's heap API: a block freed by one G and reused by
-  // another would look like a race between them.
-  sched.system_alloc = true;
-#endif
   sched.stacks = pool.release();
   sched.stack_size = cfg.stack_size;
   sched.frame_budget = cfg.stack_size / 4;

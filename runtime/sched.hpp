@@ -172,7 +172,7 @@ struct sched_t {
   std::uint32_t nprocs = 0;
   std::size_t stack_size = 0;
   std::size_t frame_budget = 0;  // largest typed frame kept on a G's stack (else allocated)
-  bool system_alloc = false;     // allocate with malloc instead of mimalloc (under Valgrind)
+  bool system_alloc = false;     // allocate with malloc instead of mimalloc (Valgrind, TSan)
 
   // Guarded by `lock`: the global run queue (FIFO through g::schedlink), idle Ps, idle Ms, the
   // M and G lists.
