@@ -794,7 +794,7 @@ void mstart(m* mp) {
   mp->eh = thread_eh_globals();
   ensure_altstack();
   if (p* pp = mp->nextp_take()) acquirep(mp, pp, false);
-  if (mp->curp) schedule(mp);
+  schedule(mp);  // without a P it parks first (a spare M)
   mexit(mp);
 }
 
@@ -1334,6 +1334,9 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
     std::fprintf(stderr, "gort: cannot start the first M\n");
     std::abort();
   }
+  // One spare M, parked: the first hand-off (a preemption, a long blocking call) would
+  // otherwise wait for a thread to be created, measured at 2-4 ms here.
+  if (sched.sysmon_on && sched.max_threads > 1) newm(nullptr, false);
   sysmon_start();
 
   mc.done.sleep();
