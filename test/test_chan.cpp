@@ -16,6 +16,7 @@
 
 #include "gort/chan.hpp"
 #include "gort/gort.hpp"
+#include "expect.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -23,18 +24,6 @@ using Catch::Matchers::ContainsSubstring;
 using steady = std::chrono::steady_clock;
 
 namespace {
-
-// Catch2's assertions are not thread-safe: Gs running in parallel count failures here, and the
-// test's main G (or thread) asserts the count is zero.
-std::atomic<long> bad{0};
-#define EXPECT(cond)                                  \
-  do {                                                \
-    if (!(cond)) bad.fetch_add(1, std::memory_order_relaxed); \
-  } while (0)
-struct expect_none {
-  expect_none() { bad.store(0); }
-  ~expect_none() { CHECK(bad.load() == 0); }
-};
 
 // Element counting constructions and destructions, to catch leaks and double destroys.
 std::atomic<long> live{0};
