@@ -50,6 +50,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "gort/gort.hpp"
@@ -75,20 +76,15 @@ void hold_for_preemption(m* mp, g* gp, p* pp) noexcept {
   std::uint32_t running = prunning;
   if (!pp->status.compare_exchange_strong(running, ppreempted, std::memory_order_acq_rel)) return;
   sysmon_poke();
-  for (;;) {
-    mp->park.clear();
-    if (p* np = mp->nextp_take()) {
-      acquirep(mp, np, true);
-      break;
-    }
-    if (sched.state.load(std::memory_order_acquire) != 1) {
-      // Shutdown: the G is abandoned like every other unfinished G; g0 exits the thread.
-      mp->curg = nullptr;
-      gp->fib.after = nullptr;
-      gp->fib.switch_to(mp->g0, mp->eh);
-    }
-    mp->park.sleep();
+  p* np = await_p(mp);
+  if (!np) {
+    // Shutdown: the G is abandoned like every other unfinished G; g0 exits the thread.
+    mp->curg = nullptr;
+    gp->fib.after = nullptr;
+    gp->fib.switch_to(mp->g0, mp->eh);
+    std::abort();  // never resumed
   }
+  acquirep(mp, np, true);
   if (gp->locked == 0) gp->lockedm = nullptr;
   execute_on(mp, gp);
 }

@@ -338,21 +338,28 @@ bool acquire_idle_p(m* mp) {
   return pp != nullptr;
 }
 
+}  // namespace
+
+p* await_p(m* mp) noexcept {
+  for (;;) {
+    mp->park.clear();  // a wake-up from before this comes with nextp set: checked next
+    if (p* pp = mp->nextp_take()) return pp;
+    if (sched.state.load(std::memory_order_acquire) != 1) return nullptr;
+    mp->park.sleep();
+  }
+}
+
+namespace {
+
 // Parks the M until startm hands it a P. Returns false on shutdown.
 bool stopm(m* mp) {
   {
     std::lock_guard<spinlock> l(sched.lock);
     mput(mp);
   }
-  for (;;) {
-    mp->park.clear();
-    if (p* pp = mp->nextp_take()) {
-      acquirep(mp, pp);
-      return true;
-    }
-    if (sched.state.load(std::memory_order_acquire) != 1) return false;
-    mp->park.sleep();
-  }
+  p* pp = await_p(mp);
+  if (pp) acquirep(mp, pp);
+  return pp != nullptr;
 }
 
 enum class timed_stop { got_p, woke, shutdown };
@@ -430,15 +437,9 @@ bool stoplockedm(m* mp) {
       pidleput(releasep(mp));
     }
   }
-  for (;;) {
-    mp->park.clear();
-    if (p* pp = mp->nextp_take()) {
-      acquirep(mp, pp, false);
-      return true;
-    }
-    if (sched.state.load(std::memory_order_acquire) != 1) return false;
-    mp->park.sleep();
-  }
+  p* pp = await_p(mp);
+  if (pp) acquirep(mp, pp);
+  return pp != nullptr;
 }
 
 // gp (runnable, just dequeued by mp) may only run on gp->lockedm: mp gives it its own P and

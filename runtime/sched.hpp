@@ -258,6 +258,9 @@ void handoffp(p* pp);
 void globrunqput(g* gp);
 void execute_on(m* mp, g* gp);  // mp (holding a P) now runs gp: a new time slice
 p* take_idle_p(p* prefer);      // `prefer` if it is idle, else any idle P, else null
+// Sleeps on mp's note until a P is handed to it (startm, startlockedm: returned) or the runtime
+// stops (null). Atomics and futex calls only: usable in the preemption signal handler.
+p* await_p(m* mp) noexcept;
 // Switches the running G gp to next (null: mp's g0), running `tr` once gp is off its stack.
 void leave_to(m* mp, g* gp, g* next, transition tr, bool dying);
 void timer_armed(std::int64_t when);  // a P's earliest timer changed to `when`
