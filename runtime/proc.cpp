@@ -116,7 +116,7 @@ g* globrunqget(p* pp, std::uint32_t max) {
   g* cur = first;
   for (std::uint32_t i = 0; i < take; ++i) {
     g* nx = cur->schedlink;
-    if (i > 0) pp->q.put(cur);
+    if (i > 0) pp->q.put_back(cur);  // in order at the back: they run after what is queued
     sched.ghead = nx;
     cur = nx;
   }
@@ -126,16 +126,15 @@ g* globrunqget(p* pp, std::uint32_t max) {
   return first;
 }
 
-void runqput_slow(p* pp, g* gp) {
+// The ring is full: its oldest half and gp go to the global queue in one locked splice.
+void runqput_slow(p* pp, g* gp, bool back) {
   g* batch[spill_batch];
   for (;;) {
-    std::uint32_t h = pp->q.head(), t = pp->q.tail();
-    if (t - h < runq::size) {  // a thief made room meanwhile
-      if (pp->q.put(gp)) return;
+    std::uint32_t n = pp->q.grab_half_for_spill(batch);
+    if (n == 0) {  // a thief made room meanwhile
+      if (back ? pp->q.put_back(gp) : pp->q.put(gp)) return;
       continue;
     }
-    std::uint32_t n = pp->q.grab_half_for_spill(batch, h, t);
-    if (n == 0) continue;
     batch[n++] = gp;
     for (std::uint32_t i = 0; i + 1 < n; ++i) batch[i]->schedlink = batch[i + 1];
     std::lock_guard<spinlock> l(sched.lock);
@@ -144,13 +143,16 @@ void runqput_slow(p* pp, g* gp) {
   }
 }
 
-// Owner P only.
+// Owner P only. next: into runnext (the G it displaces goes to the ring's new end); else at
+// the ring's old end, the back of the line (see runq.hpp).
 void runqput(p* pp, g* gp, bool next) {
   if (next) {
     gp = pp->q.put_next(gp);
     if (!gp) return;
+    if (!pp->q.put(gp, sched.nprocs == 1)) runqput_slow(pp, gp, false);
+    return;
   }
-  if (!pp->q.put(gp)) runqput_slow(pp, gp);
+  if (!pp->q.put_back(gp)) runqput_slow(pp, gp, true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,14 +681,15 @@ g* fast_next(p* pp, bool fire) {
   bool inherit;
   const bool alone = sched.nprocs == 1;
   if (--pp->global_countdown == 0) {
-    // Fairness: the global queue, then the ring's head before runnext, so neither spilled Gs
-    // nor the ring starve behind a pair of Gs readying each other through runnext.
+    // Fairness: the global queue, then the ring's oldest G before runnext, so neither spilled
+    // Gs nor the ring's old end starve behind a pair of Gs readying each other through
+    // runnext, or behind newer Gs (the owner otherwise runs the newest first: runq.hpp).
     pp->global_countdown = global_check_period;
     if (sched.nglobal.load(std::memory_order_relaxed)) {
       std::lock_guard<spinlock> l(sched.lock);
       if (g* gp = globrunqget(pp, 1)) return gp;
     }
-    if (g* gp = pp->q.get_ring(alone)) return gp;
+    if (g* gp = pp->q.get_oldest(alone)) return gp;
   }
   return pp->q.get(inherit, alone);
 }
