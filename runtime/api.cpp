@@ -44,8 +44,16 @@ gdesc* g_new(std::size_t size, std::size_t align, void** frame) {
   return reinterpret_cast<gdesc*>(gp);
 }
 void g_start(gdesc* g, body_fn body, destroy_fn destroy, bool joinable) noexcept {
-  rt::nopreempt_scope np;
-  rt::g_launch(rt::as_g(g), body, destroy, joinable);
+  bool spilled;
+  {
+    rt::nopreempt_scope np;
+    spilled = rt::g_launch(rt::as_g(g), body, destroy, joinable);
+  }
+  // Back-pressure: a G whose spawning filled its P's queue lets what it spawned run (it goes to
+  // the back of the line), instead of creating Gs faster than anyone runs them, each holding a
+  // stack. Without it a loop spawning 1M short Gs keeps tens of thousands alive at once and
+  // pays for as many fresh stacks (docs/design.md, "Spawn back-pressure").
+  if (spilled) rt::give_way();
 }
 void g_discard(gdesc* g) noexcept {
   rt::nopreempt_scope np;

@@ -41,6 +41,13 @@ struct alignas(64) g {  // (the fiber must stay first: g_of)
   std::uint64_t id = 0;
   std::atomic<gstatus> status{gstatus::idle};
   g* schedlink = nullptr;  // run queue / free list link, owned by whoever holds the G there
+  // The global free list is a list of chains (gfput/gfget); on a chain's first G these link
+  // to the next chain and give this chain's length.
+  // When the G entered its P's ring (the P's tick_ns): the owner runs the oldest G ahead of
+  // newer ones once it has waited a time slice (fast_next). Atomic: a thief may move the G.
+  std::atomic<std::int64_t> queued_at{0};
+  g* gfree_next_chain = nullptr;
+  std::uint32_t gfree_chain_len = 0;
   m* curm = nullptr;       // while running
 
   stack stk;
@@ -115,6 +122,8 @@ struct p {
   runq q;
   // Schedules until the next look at the global queue (the 1-in-61 fairness rule, fast_next).
   std::uint32_t global_countdown = 61;
+  std::int64_t tick_ns = 0;  // nanotime() at the last 1-in-61 fairness look (fast_next)
+  std::int64_t stale_pick_ns = 0;  // when fast_next last ran a stale oldest G first
 
   // Dead Gs, stacks attached, ready for reuse: this is both the G-descriptor cache and the
   // stack cache (a G lives in its stack). Owned by the P: no locks.
@@ -187,8 +196,8 @@ struct sched_t {
 
   // Dead Gs beyond a P's cache, and Gs freed by foreign threads.
   alignas(64) spinlock gfree_lock;
-  g* gfree = nullptr;
-  std::atomic<std::uint32_t> ngfree{0};  // written under gfree_lock; read as a hint without it
+  g* gfree = nullptr;                     // chains of dead Gs (see gfput)
+  std::atomic<std::uint32_t> ngfree{0};  // Gs in them; written under gfree_lock, read as a hint
 
   // The M sleeping with a timeout until the earliest timer of any P (null: none). Whoever arms
   // an earlier timer wakes it. See docs/design.md "Timers".
@@ -239,8 +248,8 @@ inline g* getg() noexcept {
 
 // The scheduler's entry points (proc.cpp).
 // Makes a waiting G runnable on the current P: into runnext by default (it runs next, with its
-// waker's data still in cache), or at the tail of the ring with next = false (timers: several
-// due at once must run in deadline order, not last-due first).
+// waker's data still in cache), or at the back of the line with next = false (timers: several
+// due at once must run in deadline order, behind what is already queued).
 void ready(g* gp, bool next = true) noexcept;
 void park(const char* reason, transition commit) noexcept;  // block the current G
 void yield_g() noexcept;
@@ -267,7 +276,8 @@ void timer_armed(std::int64_t when);  // a P's earliest timer changed to `when`
 
 // G lifecycle behind gort.hpp's detail:: functions (api.cpp forwards to these).
 g* g_reserve_new(std::size_t size, std::size_t align, void** frame);
-void g_launch(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept;
+// Returns true when the new G overflowed the P's ring (the spawner should give way: g_start).
+bool g_launch(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept;
 void g_unreserve(g* gp) noexcept;
 void g_join_wait(g* target);
 void g_drop(g* gp) noexcept;
@@ -298,5 +308,7 @@ class nopreempt_scope {
 // Cooperative preemption: yields if sysmon asked the running G to (its slice is over). Called
 // at runtime entry points that may take long in a loop (channel ops, spawning).
 void preempt_check() noexcept;
+// Yields unless the running G is in a no-preemption region (its own or the runtime's).
+void give_way() noexcept;
 
 }  // namespace gort::rt

@@ -348,6 +348,97 @@ TEST_CASE("nested spawn/join trees compute the right sum", "[sched][task]") {
   CHECK(sum == leaves * (leaves - 1) / 2);
 }
 
+namespace {
+long fan_sum(long base, long size) {
+  if (size == 1) return base;
+  std::vector<gort::task<long>> kids;
+  for (long i = 0; i < 10; ++i) kids.push_back(gort::spawn(fan_sum, base + i * (size / 10), size / 10));
+  long s = 0;
+  for (auto& k : kids) s += k.join();
+  return s;
+}
+}  // namespace
+
+// The owner runs its newest G first (runq.hpp) and a spawner that fills its ring gives way
+// (g_start): both keep the number of Gs alive at once, and so of stacks, small. Run
+// breadth-first, or with the spawner racing ahead, these would need a stack per G.
+TEST_CASE("fork-join trees and spawn loops reuse a bounded set of stacks", "[sched][stacks]") {
+  no_procs_env env;
+  const long n = 200'000 / test_scale();
+  SECTION("a loop spawning short Gs") {
+    long live = 0;
+    std::atomic<long> ran{0};
+    gort::run(with_procs(1), [&] {
+      gort::wait_group wg;
+      wg.add(static_cast<int>(n));
+      for (long i = 0; i < n; ++i)
+        gort::go([&] {
+          ran.fetch_add(1, relaxed);
+          wg.done();
+        });
+      wg.wait();
+      live = static_cast<long>(gort::rt::sched.stacks->stats().live);
+    });
+    CHECK(ran.load() == n);
+    CHECK(live <= 2 * static_cast<long>(gort::rt::runq::size));
+  }
+  SECTION("a fan-out-10 spawn/join tree") {
+    long leaves = 1;
+    while (leaves * 10 <= n) leaves *= 10;
+    long live = 0;
+    const long sum = gort::run(with_procs(1), [&] {
+      long s = gort::spawn(fan_sum, 0L, leaves).join();
+      live = static_cast<long>(gort::rt::sched.stacks->stats().live);
+      return s;
+    });
+    CHECK(sum == leaves * (leaves - 1) / 2);
+    CAPTURE(leaves);
+    CHECK(live <= 200);
+  }
+}
+
+namespace {
+long bin_tree(int depth, const std::atomic<bool>& stop) {
+  if (depth == 0 || stop.load(relaxed)) return 1;
+  auto left = gort::spawn(bin_tree, depth - 1, std::cref(stop));
+  auto right = gort::spawn(bin_tree, depth - 1, std::cref(stop));
+  return left.join() + right.join();
+}
+}  // namespace
+
+// The owner runs its newest G first, so a G queued before a long fork-join computation would
+// wait for all of it; the stale pick (fast_next) bounds that wait (runq.hpp: about one stale
+// period, 100 ms by default, for the oldest G).
+TEST_CASE("a G buried under a long fork-join computation still runs", "[sched][fair]") {
+  no_procs_env env;
+  std::atomic<bool> ran{false};
+  std::atomic<bool> stop{false};
+  std::chrono::steady_clock::duration waited{};
+  long trees = 0;
+  gort::run(with_procs(1), [&] {
+    const auto start = std::chrono::steady_clock::now();
+    gort::go([&] {
+      waited = std::chrono::steady_clock::now() - start;
+      ran = true;
+    });
+    // Queued after the G above, so the whole computation is newer than it.
+    trees = gort::spawn([&] {
+      long n = 0;
+      while (!ran.load(relaxed) && std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+        bin_tree(12, stop);
+        ++n;
+      }
+      stop = true;
+      return n;
+    }).join();
+  });
+  REQUIRE(ran.load());
+  CAPTURE(trees);
+  // Without the stale pick the loop above would run its full 5 s first.
+  CHECK(waited < std::chrono::seconds(2));
+  CHECK(trees >= 1);
+}
+
 TEST_CASE("tasks carry values of every kind", "[sched][task]") {
   no_procs_env env;
   struct results {
