@@ -164,7 +164,7 @@ bool runqput(p* pp, g* gp, bool next) {
   std::int64_t stamp = pp->tick_ns;
   if (g* old = pp->q.peek_oldest()) stamp = std::min(stamp, old->queued_at.load(std::memory_order_relaxed));
   gp->queued_at.store(stamp, std::memory_order_relaxed);
-  if (pp->q.put_back(gp)) return false;
+  if (pp->q.put_back(gp, sched.nprocs == 1)) return false;
   runqput_slow(pp, gp, true);
   return true;
 }

@@ -75,14 +75,18 @@ class runq {
 
   // Owner only: at the old end, the back of the line (yield, timers, requeues). False when
   // full.
-  bool put_back(g* gp) noexcept {
+  bool put_back(g* gp, bool alone = false) noexcept {
     std::uint64_t w = ht_.load(std::memory_order_relaxed);
     for (;;) {
       if (len(w) >= size) return false;
       std::uint32_t h = (head(w) - 1) & pos_mask;
       buf_[h % size].store(gp, std::memory_order_relaxed);
-      if (ht_.compare_exchange_weak(w, make(tag(w) + 1, tail(w), h), std::memory_order_release,
-                                    std::memory_order_relaxed))
+      std::uint64_t nw = make(tag(w) + 1, tail(w), h);
+      if (alone) {
+        ht_.store(nw, std::memory_order_release);
+        return true;
+      }
+      if (ht_.compare_exchange_weak(w, nw, std::memory_order_release, std::memory_order_relaxed))
         return true;
     }
   }
