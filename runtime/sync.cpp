@@ -330,71 +330,53 @@ void rw_grant(std::atomic<std::uint64_t>& st, wqueue& q) noexcept {
 }
 }  // namespace
 
-bool shared_mutex::lock_slow(std::int64_t deadline) {
+namespace {
+// The slow path of both lock kinds. A writer needs the lock free, a reader only no writer; and
+// either waits if anyone is queued (FIFO, so a writer never starves behind a stream of
+// readers). Queued with `pending` set, it is let in by rw_grant.
+bool rw_lock_slow(std::atomic<std::uint64_t>& st, wqueue q, std::atomic<std::uint32_t>& ql, bool writer,
+                  std::int64_t deadline) {
   rt::preempt_check();
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
-  rt::spin_lock(qlock_);
-  std::uint64_t s = state_.load(std::memory_order_relaxed);
+  const std::uint64_t in_the_way = writer ? ~rw_pending : rw_writer;
+  const std::uint64_t mine = writer ? rw_writer : rw_reader;
+  rt::spin_lock(ql);
+  std::uint64_t s = st.load(std::memory_order_relaxed);
   for (;;) {
-    if (!(s & ~rw_pending) && q.empty()) {
-      if (state_.compare_exchange_weak(s, (s | rw_writer) & ~rw_pending, std::memory_order_acquire,
-                                       std::memory_order_relaxed)) {
-        rt::spin_unlock(qlock_);
+    if (!(s & in_the_way) && q.empty()) {
+      if (st.compare_exchange_weak(s, (s + mine) & ~rw_pending, std::memory_order_acquire,
+                                   std::memory_order_relaxed)) {
+        rt::spin_unlock(ql);
         return true;
       }
       continue;
     }
-    if (state_.compare_exchange_weak(s, s | rw_pending, std::memory_order_relaxed)) break;
+    if (st.compare_exchange_weak(s, s | rw_pending, std::memory_order_relaxed)) break;
   }
   if (deadline && rt::nanotime() >= deadline) {
-    if (q.empty()) state_.fetch_and(~rw_pending, std::memory_order_relaxed);
-    rt::spin_unlock(qlock_);
+    if (q.empty()) st.fetch_and(~rw_pending, std::memory_order_relaxed);
+    rt::spin_unlock(ql);
     return false;
   }
   wnode n;
-  n.writer = true;
+  n.writer = writer;
   q.push_back(&n);
-  if (park_on(n, qlock_, deadline, "rwmutex")) return true;  // granted: the writer bit is ours
-  qguard g(qlock_);
+  if (park_on(n, ql, deadline, "rwmutex")) return true;  // granted: rw_grant added us to state
+  qguard g(ql);
   if (n.queued) {
     q.remove(&n);
-    rw_grant(state_, q);  // readers queued behind us may be free to go now
+    rw_grant(st, q);  // those queued behind us may be free to go now
   }
   return false;
 }
+}  // namespace
+
+bool shared_mutex::lock_slow(std::int64_t deadline) {
+  return rw_lock_slow(state_, wqueue{head_, tail_}, qlock_, true, deadline);
+}
 
 bool shared_mutex::lock_shared_slow(std::int64_t deadline) {
-  rt::preempt_check();
-  rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
-  rt::spin_lock(qlock_);
-  std::uint64_t s = state_.load(std::memory_order_relaxed);
-  for (;;) {
-    if (!(s & rw_writer) && q.empty()) {
-      if (state_.compare_exchange_weak(s, (s + rw_reader) & ~rw_pending, std::memory_order_acquire,
-                                       std::memory_order_relaxed)) {
-        rt::spin_unlock(qlock_);
-        return true;
-      }
-      continue;
-    }
-    if (state_.compare_exchange_weak(s, s | rw_pending, std::memory_order_relaxed)) break;
-  }
-  if (deadline && rt::nanotime() >= deadline) {
-    if (q.empty()) state_.fetch_and(~rw_pending, std::memory_order_relaxed);
-    rt::spin_unlock(qlock_);
-    return false;
-  }
-  wnode n;
-  q.push_back(&n);
-  if (park_on(n, qlock_, deadline, "rwmutex")) return true;
-  qguard g(qlock_);
-  if (n.queued) {
-    q.remove(&n);
-    rw_grant(state_, q);
-  }
-  return false;
+  return rw_lock_slow(state_, wqueue{head_, tail_}, qlock_, false, deadline);
 }
 
 void shared_mutex::unlock() {
