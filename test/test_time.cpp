@@ -209,9 +209,9 @@ TEST_CASE("after_func: each f runs in its own G; a blocking f delays no other", 
 TEST_CASE("timer: a timer channel closed through c() drops its value; stop() after fire", "[timer]") {
   no_procs_env env;
   gort::run(with_procs(2), [] {
-    gort::timer t(1ms);
+    gort::timer t(30ms);  // long enough to be closed first even on a slow, loaded machine
     t.c().close();
-    gort::sleep_for(5ms);  // the fire found the channel closed: nothing delivered, no crash
+    gort::sleep_for(100ms);  // the fire found the channel closed: nothing delivered, no crash
     CHECK_FALSE(t.c().recv());
     CHECK_FALSE(t.stop());
   });
