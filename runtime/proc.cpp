@@ -184,6 +184,7 @@ void pidle_taken() {
   sched.npidle.fetch_sub(1, std::memory_order_seq_cst);
   if (sched.sysmon_wait.load(std::memory_order_seq_cst)) {
     sched.sysmon_wait.store(0, std::memory_order_relaxed);
+    sched.sysmon_since.store(nanotime(), std::memory_order_relaxed);
     sched.sysmon_note.wakeup();
   }
 }
@@ -1405,6 +1406,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   std::thread([] {}).join();
 #endif
   sched.threads_at_start = count_threads();
+  sched.sysmon_since.store(nanotime(), std::memory_order_relaxed);
   runqput(sched.ps[0], mg, false);
   sched.state.store(1, std::memory_order_seq_cst);
   if (!newm(sched.ps[0], false)) {

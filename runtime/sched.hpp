@@ -222,6 +222,10 @@ struct sched_t {
   // P to get busy again must wake it (pidleget).
   alignas(64) note sysmon_note;
   std::atomic<std::uint32_t> sysmon_wait{0};
+  // When sysmon should have started watching: run()'s start, or the moment a P left the idle
+  // list while it slept. Its first look counts running slices from here, not from when it got
+  // a CPU (thread start-up alone measured 2-8 ms here, which made the first preemption late).
+  std::atomic<std::int64_t> sysmon_since{0};
   // Counters, for tests and (later) schedtrace: Gs stopped by the preemption signal, Ps
   // retaken from blocking calls.
   std::atomic<std::uint64_t> npreempted{0};

@@ -159,13 +159,17 @@ void sysmon_main() {
   std::vector<psample> samples(sched.ps.size());
   const std::int64_t max_sleep = std::clamp<std::int64_t>(sched.time_slice_ns / 10, tick_ns, 10'000'000);
   std::int64_t sleep = tick_ns;
-  std::int64_t last_look = 0;  // 0: none since sysmon last slept with every P idle
+  // The previous look; at first, and after sleeping with every P idle, when sysmon should have
+  // started watching (sched.sysmon_since).
+  std::int64_t last_look = sched.sysmon_since.load(std::memory_order_relaxed);
   int idle = 0;
   while (!quit.load(std::memory_order_acquire)) {
     // Every P idle: sleep until one is taken (pidle_taken), with no timeout at all.
     if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
         sched.state.load(std::memory_order_acquire) == 1) {
       sched.sysmon_note.clear();
+      // Before sysmon_wait: a P taken from here on stores a later time (pidle_taken).
+      sched.sysmon_since.store(nanotime(), std::memory_order_relaxed);
       sched.sysmon_wait.store(1, std::memory_order_seq_cst);
       if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
           sched.state.load(std::memory_order_seq_cst) == 1 && !quit.load(std::memory_order_seq_cst)) {
@@ -174,7 +178,7 @@ void sysmon_main() {
       }
       sched.sysmon_wait.store(0, std::memory_order_seq_cst);
       for (psample& s : samples) s = psample{};
-      last_look = 0;
+      last_look = sched.sysmon_since.load(std::memory_order_relaxed);
       sleep = tick_ns;
       idle = 0;
       continue;
