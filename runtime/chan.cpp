@@ -1,7 +1,9 @@
 // gort: channels and select (include/gort/chan.hpp), on top of wait_state (wait.hpp).
 //
-// A channel is one allocation: this core followed by the ring buffer. Everything in it is
-// guarded by `lock`, a runtime spin lock held for a few loads, stores and one element move.
+// A channel is one allocation: this core, then (buffered channels) the ring of slots
+// (chan_ring.hpp). Waiters, closing and unbuffered hand-offs are guarded by `lock`, a runtime
+// spin lock held for a few loads, stores and element moves. A buffered send or receive that
+// finds nobody waiting does not take it: it claims a slot of the ring with one CAS.
 //
 // Waiters. A blocked send or receive puts a chan_waiter, living on the blocked caller's stack
 // (no allocation), on the channel's sendq or recvq and blocks on a wait_state, also on its
@@ -9,37 +11,96 @@
 // wait_state: whoever claim()s it takes the select (Go's selectDone), records its node in
 // `winner` and finish()es it.
 //
-// The node protocol (the concurrency argument):
+// The node protocol:
 //  - A node is linked and unlinked only under its channel's lock, and `in_queue` says whether
 //    it is linked; both are read and written only under that lock.
-//  - A waker (a sender finding a parked receiver, or the reverse, or close) unlinks the head
-//    node and claims its wait_state while still holding the lock. If the claim fails (another
-//    case of the same select won, or the deadline passed) it simply drops the node: the node
-//    is unlinked, and the waker never touches it again once it unlocks.
+//  - A waker (a party serving a queue, or close) unlinks the head node and claims its
+//    wait_state while holding the lock. If the claim fails (another case of the same select
+//    won, or the deadline passed) it simply drops the node: the node is unlinked, and the waker
+//    never touches it again once it unlocks.
 //  - If the claim succeeds the waker owns the node and its wait_state until finish(): the owner
 //    cannot run (its wait_state left `pending`, so neither its deadline nor another waker can
-//    release it). So the waker may unlock first and then move the element into (or out of) the
-//    owner's memory, which keeps the copy out of the critical section, and finish() last.
+//    release it). So the waker may unlock first and finish() after (unbuffered hand-offs also
+//    move the element then, outside the critical section).
 //  - An owner that wakes (finished, timed out) relocks each of its channels and unlinks every
 //    node of its own still marked in_queue. A waker that dequeued one of them before has
 //    already let go (it did so under the lock the owner now holds), and no waker can find them
 //    afterwards, so the nodes (and the wait_state) may die when the owner returns.
-//  - Close takes the lock, marks the channel closed and claims every queued node; anything that
-//    checks `closed` or queues a node does so under the same lock, so a send, receive or
-//    select either sees the channel closed or is queued before close looks, and is then woken
-//    by it: no lost wake-up. A select holds all of its channels' locks from its first look
-//    until its nodes are queued and it is off its stack (block's unlock transition).
+//  - A node whose wait_state can be released by nobody but a waker (a plain send/receive
+//    without deadline: one node, no timer) is `sole`: the dequeuer owns it outright and skips
+//    the claim's compare-and-swap.
 //
-// A node whose wait_state can be released by nobody but a waker (a plain send/receive without
-// deadline: one node, no timer) is `sole`: the dequeuer owns it outright and skips the claim's
-// compare-and-swap.
+// Unbuffered channels work entirely under the lock: a sender finding a parked receiver moves
+// its value straight into the receiver's destination (and the reverse), else it parks.
+//
+// Buffered channels: the lock-free path and the waiters (the concurrency argument).
+//  The ring's tail word carries `wait_flag` (senders wait) and `closed_flag`, the head word
+//  `wait_flag` (receivers wait); `waiting` mirrors the two wait flags (rwait, swait) in a word
+//  that is rarely written, so every operation can read it without a cache miss.
+//  Invariants, all maintained under the lock:
+//   F1. A queue's flag is set (on head/tail and in `waiting`) whenever that queue holds nodes
+//       (and from a first waiter's arm() until its node is queued), and is cleared only by a
+//       lock holder who sees the queue empty (sync_flags).
+//   F2. While the head's wait flag is set, only lock holders pop; while the tail's is set, only
+//       lock holders push (a lock-free claim CAS expects the flag clear; setting it is an RMW,
+//       so a claim racing with it fails). So, holding the lock, "there is a value at the head"
+//       (or "room at the tail") stays true until the holder itself acts on it, and a lock
+//       holder serving a queue checks the ring, then claims a node, then moves the element.
+//   F3. FIFO: a lock-free push runs only while no sender is queued, a lock-free pop only while
+//       no receiver is (the flag turns it away), and under the lock parked parties are served
+//       (pump) before the caller's own attempt; a caller queues behind existing nodes without
+//       trying the ring.
+//  Lock-free send: claim a slot, load `waiting`, move the element in and publish the slot; if
+//  rwait was set, take the lock and pump (move ring values into parked receivers, oldest
+//  first). Lock-free receive: symmetric, with swait (move parked senders' values into the
+//  freed slots). The load comes before the publish: once its slot is published, a party that
+//  saw no flag does not touch the channel again, so whoever takes the value may drop the last
+//  handle at once (as with the lock, whose unlock was the last touch). One that saw a flag
+//  takes the lock after publishing: the handle it called through must still be alive, as for
+//  any call on any object.
+//  The first party to wait in a direction (its queue empty), holding the lock: sets the flags
+//  (F1), then looks at the ring once more (a value at the head / room at the tail) and only
+//  then queues its node and blocks. No wake-up is lost. Take a receiver (senders are
+//  symmetric, with head and tail swapped). Its flag store (seq_cst) precedes its last look,
+//  which ends in a seq_cst load of the tail word unless it finds a published value
+//  (chan_ring.hpp: "empty" is decided by reading tail == head). A push claims its position with
+//  a seq_cst CAS on the tail word and then loads `waiting` (seq_cst). In the single total order
+//  of seq_cst operations either the look's load of the tail comes after the claim: then it
+//  sees the position claimed and waits for the value (the ring's answers are exact), and takes
+//  it; or it comes before the claim: then the flag store precedes the claim, which precedes
+//  the pusher's load, which therefore sees the flag, and the pusher pumps once its value is
+//  published. A pump that stops because the head holds no value is such a look too
+//  (the flag is set while it runs, by F1), so the next pusher pumps after it; a party joining
+//  a non-empty queue relies on the same chain. (The pair is made of the claim rather than the
+//  publish because the claim is a locked instruction on x86 anyway: a seq_cst publish would
+//  add an xchg to every operation.)
+//  Close, holding the lock: sets closed_flag (no push can claim after it), releases the
+//  senders (closed), pumps what is buffered into parked receivers (the pump's exact look waits
+//  for a push that claimed a slot before the flag: that send counts), then releases the
+//  remaining receivers (closed): the ring is exactly empty and stays so. Any receive reports
+//  closed only on an exactly empty ring, so every value is drained first.
+//  A lock holder finishes the parties it served after unlocking (wake_list); a party that
+//  served someone and would then block itself unlocks, finishes them and starts over.
+//
+// Select first walks its cases in a random order without locking anything, taking the first
+// buffered case that the ring serves lock-free; it stops at the first case that needs the lock
+// (unbuffered, waiters or closed flagged, a closed empty ring), which keeps the choice uniform
+// among ready cases. Then it locks all of its channels (address order, each once) from its
+// poll until its nodes are queued and it is off its stack (block's unlock transition). It
+// polls the cases in the same order; if none is ready it arms the buffered channels whose
+// queue (in the case's direction) is empty, as the first waiter above does, looks at those
+// rings once more, and then queues one node per case. A close is either seen by the poll or
+// finds the nodes queued.
 #include "gort/chan.hpp"
 
 #include <algorithm>
+#include <bit>
+#include <cstddef>
 #include <cstring>
 #include <string>
 #include <type_traits>
 
+#include "chan_ring.hpp"
 #include "sched.hpp"
 #include "wait.hpp"
 
@@ -93,27 +154,50 @@ struct waitq {
   }
 };
 
+// Parties served under the lock, finished after it: claimed nodes, linked through `next`.
+struct wake_list {
+  chan_waiter* first = nullptr;
+  chan_waiter** last = &first;
+
+  void add(chan_waiter* w, bool ok) noexcept {
+    w->ok = ok;
+    w->next = nullptr;
+    *last = w;
+    last = &w->next;
+  }
+  bool empty() const noexcept { return first == nullptr; }
+  void release() noexcept {
+    for (chan_waiter* w = first; w;) {
+      chan_waiter* next = w->next;  // read first: a released waiter's memory may vanish
+      rt::finish(*w->ws);
+      w = next;
+    }
+    first = nullptr;
+    last = &first;
+  }
+};
+
+constexpr std::uint32_t rwait = 1, swait = 2;  // bits of chan_core::waiting
+
 }  // namespace
 
-// Laid out for the hot path: everything an uncontended send or receive touches (lock, ring
-// state, element size, queue heads) is in the first two cache lines, which start on a line
-// boundary; the reference count, touched when handles are copied, is out of the way.
+// Laid out for the lock-free path: what every operation reads and almost nobody writes, the
+// lock and queues (waiters), and the reference count (handle copies), each on its own cache
+// line. A buffered channel's block continues with the ring's claim words (ring::ends, a line
+// each, so that pushers on one core and poppers on another do not take each other's lines)
+// and its slots; an unbuffered channel has neither.
 struct chan_core {
-  rt::spinlock lock;
-  bool closed = false;
-  std::atomic<std::size_t> count{0};  // written under lock; size() reads it without
-  std::size_t recvx = 0;              // next slot to receive from
-  std::size_t sendx = 0;              // next slot to send into
-  std::size_t cap = 0;
-  char* buf = nullptr;
-  std::size_t esize = 0;
   const elem_ops* ops = nullptr;
+  ring::geometry rg;  // rg.cap == 0: unbuffered
+  std::atomic<std::uint32_t> waiting{0};  // rwait | swait; written under lock (F1)
+  alignas(64) rt::spinlock lock;
+  bool closed = false;
   waitq recvq, sendq;
   void* mem = nullptr;  // the allocation this core was placed in
   alignas(64) std::atomic<std::uint32_t> refs{1};
-
-  char* at(std::size_t i) const noexcept { return buf + i * esize; }
 };
+static_assert(offsetof(chan_core, waiting) < 64 && offsetof(chan_core, lock) == 64);
+static_assert(sizeof(chan_core) == 3 * 64);
 
 namespace {
 
@@ -136,63 +220,129 @@ inline void destroy_elem(const elem_ops* o, void* p) noexcept {
   if (o->destroy) o->destroy(p);
 }
 
-// The party we handed a value to, or took one from, is ours after the claim: complete it.
-inline void release(chan_waiter* w, bool ok) noexcept {
-  w->ok = ok;
+// ---- the ring, as the channel uses it ----
+
+inline ring::result ring_push(chan_core* c, void* v, std::uint64_t allow) noexcept {
+  const elem_ops* o = c->ops;
+  return ring::push(c->rg, allow, [o, v](void* slot) { move_elem(o, slot, v); });
+}
+inline ring::result ring_pop(chan_core* c, void* dst, std::uint64_t allow) noexcept {
+  const elem_ops* o = c->ops;
+  return ring::pop(c->rg, allow, [o, dst](void* slot) {
+    move_elem(o, dst, slot);
+    destroy_elem(o, slot);
+  });
+}
+
+// Under lock: make the flags say which queues hold nodes (F1).
+void sync_flags(chan_core* c) noexcept {
+  const std::uint32_t want = (c->recvq.head ? rwait : 0) | (c->sendq.head ? swait : 0);
+  const std::uint32_t have = c->waiting.load(std::memory_order_relaxed);
+  if (want == have) return;
+  if ((want ^ have) & rwait) {
+    if (want & rwait) c->rg.e->head.fetch_or(ring::wait_flag);
+    else c->rg.e->head.fetch_and(~ring::wait_flag);
+  }
+  if ((want ^ have) & swait) {
+    if (want & swait) c->rg.e->tail.fetch_or(ring::wait_flag);
+    else c->rg.e->tail.fetch_and(~ring::wait_flag);
+  }
+  c->waiting.store(want, std::memory_order_seq_cst);
+}
+
+// Under lock, by the first party about to wait in a direction (its queue empty): set the flags
+// before the last look at the ring (the store half of the no-lost-wake-up argument).
+void arm(chan_core* c, std::uint32_t dir) noexcept {
+  const std::uint32_t have = c->waiting.load(std::memory_order_relaxed);
+  if (have & dir) return;
+  (dir == rwait ? c->rg.e->head : c->rg.e->tail).fetch_or(ring::wait_flag);
+  c->waiting.store(have | dir, std::memory_order_seq_cst);
+}
+
+// Under lock: serve parked parties, oldest first, for as long as the ring allows: parked
+// senders' values into free slots, values at the head into parked receivers. The served are
+// appended to wl, to be finished after unlocking. Leaves the flags in step with the queues.
+void pump(chan_core* c, wake_list& wl) noexcept {
+  const ring::geometry& g = c->rg;
+  for (bool moved = c->sendq.head || c->recvq.head; moved;) {
+    moved = false;
+    // The tail is frozen while sendq has nodes (F2): room seen here stays until we push.
+    while (c->sendq.head && ring::can_push(g)) {
+      chan_waiter* w = c->sendq.take();
+      if (!w) break;
+      ring_push(c, w->elem, ring::wait_flag);
+      wl.add(w, true);
+      moved = true;
+    }
+    while (c->recvq.head && ring::can_pop(g)) {
+      chan_waiter* w = c->recvq.take();
+      if (!w) break;
+      ring_pop(c, w->elem, ring::wait_flag);
+      wl.add(w, true);
+      moved = true;
+    }
+  }
+  sync_flags(c);
+}
+
+// After a lock-free push or pop: the load half of the no-lost-wake-up argument. The flag seen
+// means a waiter in the other direction may depend on this operation: serve it under the lock.
+[[gnu::noinline]] void serve(chan_core* c) noexcept {
+  wake_list wl;
+  c->lock.lock();
+  pump(c, wl);
+  c->lock.unlock();
+  wl.release();
+}
+
+// Under lock, buffered, open: a send that needs no waiting. Parked senders go first (they hold
+// older values), so with any left the ring is full for us.
+bool try_send_locked(chan_core* c, void* v, wake_list& wl) noexcept {
+  pump(c, wl);
+  if (c->sendq.head || ring_push(c, v, 0) != ring::result::done) return false;
+  pump(c, wl);  // a parked receiver takes it
+  return true;
+}
+
+// Under lock, buffered: a receive that needs no waiting. Parked receivers go first, so with
+// any left the ring is empty for us.
+bool try_recv_locked(chan_core* c, void* dst, wake_list& wl) noexcept {
+  pump(c, wl);
+  if (c->recvq.head || ring_pop(c, dst, 0) != ring::result::done) return false;
+  pump(c, wl);  // a parked sender's value takes the freed slot
+  return true;
+}
+
+// Under lock, unbuffered: a parked partner to hand over to, claimed. The element moves after
+// unlocking (into the receiver's destination, or out of the sender's value), then release.
+inline chan_waiter* partner(waitq& q) noexcept { return q.take(); }
+inline void hand_over(chan_core* c, void* dst, void* src, chan_waiter* w) noexcept {
+  move_elem(c->ops, dst, src);
+  w->ok = true;
   rt::finish(*w->ws);
 }
 
 void unlock_one(rt::fiber*, void* c) noexcept { static_cast<chan_core*>(c)->lock.unlock(); }
 
-// A send under c's lock on an open channel. True: done, and if *peer is set the caller must
-// (after unlocking) move the value into (*peer)->elem and release it.
-inline bool send_locked(chan_core* c, void* v, chan_waiter** peer) noexcept {
-  if (chan_waiter* w = c->recvq.take()) {  // a parked receiver: hand the value over directly
-    *peer = w;
-    return true;
-  }
-  const std::size_t n = c->count.load(std::memory_order_relaxed);
-  if (n < c->cap) {
-    move_elem(c->ops, c->at(c->sendx), v);
-    if (++c->sendx == c->cap) c->sendx = 0;
-    c->count.store(n + 1, std::memory_order_relaxed);
-    return true;
-  }
+// Holding c's lock: queue w (already pointing at its value or destination) on q and block until
+// a waker finishes it (true) or the deadline passes (false: w is taken off the queue again).
+// Returns without the lock.
+[[gnu::always_inline]] inline bool park_on(chan_core* c, waitq& q, chan_waiter& w, std::int64_t deadline_ns,
+                                            const char* reason) {
+  rt::wait_state ws;
+  w.ws = &ws;
+  w.sole = deadline_ns == 0;
+  q.push(&w);
+  if (rt::block(ws, deadline_ns, reason, {unlock_one, c})) return true;
+  c->lock.lock();
+  if (w.in_queue) q.unlink(&w);
+  if (c->rg.cap) sync_flags(c);
+  c->lock.unlock();
   return false;
 }
 
-// A receive under c's lock that found a value. True: *dst holds it, or *peer is set and the
-// caller must (after unlocking) move (*peer)->elem into *dst and release it.
-inline bool recv_locked(chan_core* c, void* dst, chan_waiter** peer) noexcept {
-  const std::size_t n = c->count.load(std::memory_order_relaxed);
-  if (n > 0) {
-    char* slot = c->at(c->recvx);
-    move_elem(c->ops, dst, slot);
-    destroy_elem(c->ops, slot);
-    if (++c->recvx == c->cap) c->recvx = 0;
-    // A parked sender means the buffer was full: its value takes the slot just freed, which
-    // is now the tail (FIFO: it queued behind everything buffered).
-    if (chan_waiter* w = c->sendq.take()) {
-      move_elem(c->ops, slot, w->elem);
-      c->sendx = c->recvx;
-      w->ok = true;
-      *peer = w;  // already moved: the caller only releases
-      return true;
-    }
-    c->count.store(n - 1, std::memory_order_relaxed);
-    return true;
-  }
-  if (chan_waiter* w = c->sendq.take()) {  // unbuffered: take it straight from the sender
-    *peer = w;
-    return true;
-  }
-  return false;
-}
-
-// After the lock: complete a hand-off found by recv_locked.
-inline void recv_finish(chan_core* c, void* dst, chan_waiter* w) noexcept {
-  if (c->cap == 0) move_elem(c->ops, dst, w->elem);
-  release(w, true);
+inline bool past(std::int64_t deadline_ns) noexcept {
+  return deadline_ns < 0 || (deadline_ns > 0 && rt::nanotime() >= deadline_ns);
 }
 
 [[noreturn]] void throw_closed(const char* what) { throw closed_channel(what); }
@@ -203,34 +353,46 @@ chan_core* chan_make(const elem_ops* ops, std::size_t capacity) {
   rt::preempt_check();
   rt::nopreempt_scope np;
   const std::size_t hdr = sizeof(chan_core);
-  if (capacity > (std::size_t{1} << 40) / ops->size)
+  // A slot: the stamp, then the element at its alignment; slots are a multiple of both.
+  const std::size_t ealign = std::max<std::size_t>(ops->align, alignof(std::uint64_t));
+  const std::size_t off = ealign;
+  const std::size_t stride = (off + ops->size + ealign - 1) & ~(ealign - 1);
+  if (capacity > (std::size_t{1} << 40) / stride)
     throw std::length_error("gort::chan: capacity " + std::to_string(capacity) + " is too large");
-  // One block: the core on a cache-line boundary, then the ring aligned for the element
-  // (blocks are 16-aligned; the extra alignment is found in spare bytes).
-  void* mem = rt::alloc(64 + hdr + ops->align + capacity * ops->size);
+  // One block: the core on a cache-line boundary, then (buffered) the claim words, two lines,
+  // and the slots.
+  void* mem = rt::alloc(64 + hdr + (capacity ? sizeof(ring::ends) + capacity * stride : 0));
   auto a = (reinterpret_cast<std::uintptr_t>(mem) + 63) & ~std::uintptr_t{63};
   auto* c = ::new (reinterpret_cast<void*>(a)) chan_core;
   c->mem = mem;
   c->ops = ops;
-  c->esize = ops->size;
-  c->cap = capacity;
-  auto b = a + hdr;
-  b = (b + ops->align - 1) & ~(std::uintptr_t{ops->align} - 1);
-  c->buf = reinterpret_cast<char*>(b);
+  if (capacity) {
+    ring::geometry& g = c->rg;
+    g.e = ::new (reinterpret_cast<void*>(a + hdr)) ring::ends;
+    g.base = reinterpret_cast<char*>(a + hdr + sizeof(ring::ends));
+    g.stride = stride;
+    g.off = static_cast<std::uint32_t>(off);
+    g.cap = capacity;
+    g.lap = std::bit_ceil(std::uint64_t{capacity} + 1);
+    g.lap_shift = static_cast<std::uint32_t>(std::countr_zero(g.lap));
+    for (std::size_t i = 0; i < capacity; ++i)
+      ::new (g.base + i * stride) std::atomic<std::uint64_t>(i);
+  }
   return c;
 }
 
 void chan_retain(chan_core* c) noexcept { c->refs.fetch_add(1, std::memory_order_relaxed); }
 
-// The last handle is gone, so nobody is blocked on the channel (a blocked party holds a
-// handle): destroy what is still buffered and free the block.
+// The last handle is gone, so nobody is blocked on the channel or inside an operation on it
+// (a party holds a handle): destroy what is still buffered and free the block.
 void chan_release(chan_core* c) noexcept {
   if (c->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   // Element destructors are user code: they run outside the no-preemption bracket.
-  const std::size_t n = c->count.load(std::memory_order_relaxed);
-  for (std::size_t i = 0, x = c->recvx; i < n; ++i) {
-    destroy_elem(c->ops, c->at(x));
-    if (++x == c->cap) x = 0;
+  if (c->rg.cap) {
+    const std::uint64_t end = ring::stamp_of(c->rg.e->tail.load(std::memory_order_relaxed));
+    for (std::uint64_t st = ring::stamp_of(c->rg.e->head.load(std::memory_order_relaxed)); st != end;
+         st = c->rg.next(st))
+      destroy_elem(c->ops, c->rg.elem(st));
   }
   void* mem = c->mem;
   c->~chan_core();
@@ -238,7 +400,134 @@ void chan_release(chan_core* c) noexcept {
   rt::free_mem(mem);
 }
 
-chan_status chan_send(chan_core* c, void* v, std::int64_t deadline_ns) {
+namespace {
+
+// Buffered, after the lock-free attempt found the ring full or turned away: under the lock.
+[[gnu::noinline]] chan_status send_buffered_slow(chan_core* c, void* v, std::int64_t deadline_ns) {
+  rt::preempt_check();
+  rt::nopreempt_scope np;
+  for (;;) {
+    c->lock.lock();
+    if (c->closed) {
+      c->lock.unlock();
+      throw_closed("gort::chan::send: send on a closed channel");
+    }
+    wake_list wl;
+    const bool sent = try_send_locked(c, v, wl);
+    if (sent || !wl.empty()) {
+      c->lock.unlock();
+      wl.release();
+      if (sent) return chan_status::ok;
+      continue;  // served others first: not to be held up while we wait, so look again
+    }
+    if (past(deadline_ns)) {
+      c->lock.unlock();
+      return chan_status::would_block;
+    }
+    if (!c->sendq.head) {  // the first sender to wait: arm, then the last look
+      arm(c, swait);
+      if (ring_push(c, v, ring::wait_flag) == ring::result::done) {
+        pump(c, wl);
+        c->lock.unlock();
+        wl.release();
+        return chan_status::ok;
+      }
+    }
+    chan_waiter w;
+    w.elem = v;
+    if (!park_on(c, c->sendq, w, deadline_ns, "chan send")) return chan_status::would_block;
+    if (w.ok) return chan_status::ok;
+    throw_closed("gort::chan::send: channel closed while sending");
+  }
+}
+
+[[gnu::noinline]] chan_status recv_buffered_slow(chan_core* c, void* dst, std::int64_t deadline_ns) {
+  rt::preempt_check();
+  rt::nopreempt_scope np;
+  for (;;) {
+    c->lock.lock();
+    wake_list wl;
+    const bool got = try_recv_locked(c, dst, wl);
+    if (got || !wl.empty()) {
+      c->lock.unlock();
+      wl.release();
+      if (got) return chan_status::ok;
+      continue;
+    }
+    if (c->closed) {  // and the ring exactly empty: drained
+      c->lock.unlock();
+      return chan_status::closed;
+    }
+    if (past(deadline_ns)) {
+      c->lock.unlock();
+      return chan_status::would_block;
+    }
+    if (!c->recvq.head) {  // the first receiver to wait: arm, then the last look
+      arm(c, rwait);
+      if (ring_pop(c, dst, ring::wait_flag) == ring::result::done) {
+        pump(c, wl);
+        c->lock.unlock();
+        wl.release();
+        return chan_status::ok;
+      }
+    }
+    chan_waiter w;
+    w.elem = dst;
+    if (!park_on(c, c->recvq, w, deadline_ns, "chan receive")) return chan_status::would_block;
+    return w.ok ? chan_status::ok : chan_status::closed;
+  }
+}
+
+// Lock-free attempts for send_fast, recv_fast and select: `*seen` gets `waiting` as loaded
+// between the claim and the publish (see the top of the file for why there).
+inline ring::result push_fast(chan_core* c, void* v, std::uint32_t* seen) noexcept {
+  const elem_ops* o = c->ops;
+  return ring::push(c->rg, 0, [c, o, v, seen](void* slot) {
+    *seen = c->waiting.load(std::memory_order_seq_cst);
+    move_elem(o, slot, v);
+  });
+}
+inline ring::result pop_fast(chan_core* c, void* dst, std::uint32_t* seen) noexcept {
+  const elem_ops* o = c->ops;
+  return ring::pop(c->rg, 0, [c, o, dst, seen](void* slot) {
+    *seen = c->waiting.load(std::memory_order_seq_cst);
+    move_elem(o, dst, slot);
+    destroy_elem(o, slot);
+  });
+}
+
+// The lock-free attempt. It and the slow paths each do the preemption check and hold
+// preemption off for themselves, so the public entry points below only dispatch (a tail call,
+// no frame), and the lock-free attempt keeps a small frame. A failed attempt checks preemption
+// twice: cheap, and rare.
+[[gnu::noinline]] chan_status send_fast(chan_core* c, void* v, std::int64_t deadline_ns) {
+  rt::preempt_check();
+  {
+    rt::nopreempt_scope np;
+    std::uint32_t seen;
+    if (push_fast(c, v, &seen) == ring::result::done) [[likely]] {
+      if (seen & rwait) [[unlikely]] serve(c);
+      return chan_status::ok;
+    }
+  }
+  return send_buffered_slow(c, v, deadline_ns);
+}
+
+[[gnu::noinline]] chan_status recv_fast(chan_core* c, void* dst, std::int64_t deadline_ns) {
+  rt::preempt_check();
+  {
+    rt::nopreempt_scope np;
+    std::uint32_t seen;
+    if (pop_fast(c, dst, &seen) == ring::result::done) [[likely]] {
+      if (seen & swait) [[unlikely]] serve(c);
+      return chan_status::ok;
+    }
+  }
+  return recv_buffered_slow(c, dst, deadline_ns);
+}
+
+// Unbuffered: everything under the lock; the element moves straight between the parties.
+[[gnu::noinline]] chan_status send_unbuffered(chan_core* c, void* v, std::int64_t deadline_ns) {
   rt::preempt_check();
   rt::nopreempt_scope np;
   c->lock.lock();
@@ -246,65 +535,53 @@ chan_status chan_send(chan_core* c, void* v, std::int64_t deadline_ns) {
     c->lock.unlock();
     throw_closed("gort::chan::send: send on a closed channel");
   }
-  chan_waiter* peer = nullptr;
-  if (send_locked(c, v, &peer)) {
+  if (chan_waiter* w = partner(c->recvq)) {
     c->lock.unlock();
-    if (peer) {
-      move_elem(c->ops, peer->elem, v);
-      release(peer, true);
-    }
+    hand_over(c, w->elem, v, w);
     return chan_status::ok;
   }
-  if (deadline_ns < 0 || (deadline_ns > 0 && rt::nanotime() >= deadline_ns)) {
+  if (past(deadline_ns)) {
     c->lock.unlock();
     return chan_status::would_block;
   }
-  rt::wait_state ws;
   chan_waiter w;
-  w.ws = &ws;
   w.elem = v;
-  w.sole = deadline_ns == 0;
-  c->sendq.push(&w);
-  if (rt::block(ws, deadline_ns, "chan send", {unlock_one, c})) {
-    if (w.ok) return chan_status::ok;
-    throw_closed("gort::chan::send: channel closed while sending");
-  }
-  c->lock.lock();
-  if (w.in_queue) c->sendq.unlink(&w);
-  c->lock.unlock();
-  return chan_status::would_block;
+  if (!park_on(c, c->sendq, w, deadline_ns, "chan send")) return chan_status::would_block;
+  if (w.ok) return chan_status::ok;
+  throw_closed("gort::chan::send: channel closed while sending");
 }
 
-chan_status chan_recv(chan_core* c, void* dst, std::int64_t deadline_ns) {
+[[gnu::noinline]] chan_status recv_unbuffered(chan_core* c, void* dst, std::int64_t deadline_ns) {
   rt::preempt_check();
   rt::nopreempt_scope np;
   c->lock.lock();
-  chan_waiter* peer = nullptr;
-  if (recv_locked(c, dst, &peer)) {
+  if (chan_waiter* w = partner(c->sendq)) {
     c->lock.unlock();
-    if (peer) recv_finish(c, dst, peer);
+    hand_over(c, dst, w->elem, w);
     return chan_status::ok;
   }
   if (c->closed) {
     c->lock.unlock();
     return chan_status::closed;
   }
-  if (deadline_ns < 0 || (deadline_ns > 0 && rt::nanotime() >= deadline_ns)) {
+  if (past(deadline_ns)) {
     c->lock.unlock();
     return chan_status::would_block;
   }
-  rt::wait_state ws;
   chan_waiter w;
-  w.ws = &ws;
   w.elem = dst;
-  w.sole = deadline_ns == 0;
-  c->recvq.push(&w);
-  if (rt::block(ws, deadline_ns, "chan receive", {unlock_one, c}))
-    return w.ok ? chan_status::ok : chan_status::closed;
-  c->lock.lock();
-  if (w.in_queue) c->recvq.unlink(&w);
-  c->lock.unlock();
-  return chan_status::would_block;
+  if (!park_on(c, c->recvq, w, deadline_ns, "chan receive")) return chan_status::would_block;
+  return w.ok ? chan_status::ok : chan_status::closed;
+}
+
+}  // namespace
+
+chan_status chan_send(chan_core* c, void* v, std::int64_t deadline_ns) {
+  return c->rg.cap ? send_fast(c, v, deadline_ns) : send_unbuffered(c, v, deadline_ns);
+}
+
+chan_status chan_recv(chan_core* c, void* dst, std::int64_t deadline_ns) {
+  return c->rg.cap ? recv_fast(c, dst, deadline_ns) : recv_unbuffered(c, dst, deadline_ns);
 }
 
 void chan_close(chan_core* c) {
@@ -316,27 +593,26 @@ void chan_close(chan_core* c) {
     throw_closed("gort::chan::close: close of a closed channel");
   }
   c->closed = true;
-  // Claim every waiter under the lock, wake them after it (oldest first). Receivers find
-  // nothing to drain: they only park on an empty buffer.
-  chan_waiter* first = nullptr;
-  chan_waiter** tail = &first;
-  for (waitq* q : {&c->recvq, &c->sendq}) {
-    while (chan_waiter* w = q->take()) {
-      *tail = w;
-      tail = &w->next;
-    }
-  }
-  *tail = nullptr;
+  wake_list wl;
+  // No push claims a slot after the flag; one that claimed before has sent, and its value is
+  // drained before anyone sees the close: pump's exact look waits for it.
+  if (c->rg.cap) c->rg.e->tail.fetch_or(ring::closed_flag);
+  while (chan_waiter* w = c->sendq.take()) wl.add(w, false);
+  if (c->rg.cap) pump(c, wl);  // parked receivers get what is buffered, or being pushed
+  // The ring is now exactly empty, and stays so: the rest see the close.
+  while (chan_waiter* w = c->recvq.take()) wl.add(w, false);
+  if (c->rg.cap) sync_flags(c);
   c->lock.unlock();
-  for (chan_waiter* w = first; w;) {
-    chan_waiter* next = w->next;  // read first: a released waiter's memory may vanish
-    release(w, false);
-    w = next;
-  }
+  wl.release();
 }
 
-std::size_t chan_size(const chan_core* c) noexcept { return c->count.load(std::memory_order_relaxed); }
-std::size_t chan_capacity(const chan_core* c) noexcept { return c->cap; }
+std::size_t chan_size(const chan_core* c) noexcept {
+  if (!c->rg.cap) return 0;
+  const std::uint64_t h = c->rg.position(ring::stamp_of(c->rg.e->head.load(std::memory_order_acquire)));
+  const std::uint64_t t = c->rg.position(ring::stamp_of(c->rg.e->tail.load(std::memory_order_acquire)));
+  return t <= h ? 0 : std::min<std::uint64_t>(t - h, c->rg.cap);
+}
+std::size_t chan_capacity(const chan_core* c) noexcept { return c->rg.cap; }
 
 void chan_null(const char* op) {
   throw std::logic_error(std::string("gort::chan::") + op +
@@ -418,11 +694,30 @@ std::size_t chan_select(select_case* cs, std::size_t n, std::int64_t deadline_ns
   }
 
   // Poll order: a uniformly random permutation, so that among the ready cases each is taken
-  // with equal probability. Lock order: channel addresses, each channel once.
+  // with equal probability.
   scratch<std::uint32_t, 16> order(n);
-  scratch<chan_core*, 16> chans(n);
   select_order(order.p, n);
-  // Insertion sort, dropping duplicates: n is small, and this beats std::sort's set-up.
+
+  for (std::size_t k = 0; k < n; ++k) {  // the lock-free first look
+    const std::size_t i = order[k];
+    chan_core* c = cs[i].c;
+    if (!c->rg.cap) break;
+    std::uint32_t seen;
+    const ring::result r =
+        cs[i].send ? push_fast(c, cs[i].elem, &seen) : pop_fast(c, cs[i].elem, &seen);
+    if (r == ring::result::done) {
+      if (seen & (cs[i].send ? rwait : swait)) serve(c);
+      *ok = true;
+      return i;
+    }
+    if (r == ring::result::stopped ||
+        (!cs[i].send && (c->rg.e->tail.load(std::memory_order_relaxed) & ring::closed_flag)))
+      break;
+  }
+
+  // Lock order: channel addresses, each channel once. Insertion sort, dropping duplicates: n is
+  // small, and this beats std::sort's set-up.
+  scratch<chan_core*, 16> chans(n);
   std::size_t nlocks = 0;
   for (std::size_t i = 0; i < n; ++i) {
     chan_core* c = cs[i].c;
@@ -435,41 +730,88 @@ std::size_t chan_select(select_case* cs, std::size_t n, std::int64_t deadline_ns
   }
   lockset ls{chans.p, nlocks};
 
-  ls.lock();
-  for (std::size_t k = 0; k < n; ++k) {
-    const std::size_t i = order[k];
-    chan_core* c = cs[i].c;
-    chan_waiter* peer = nullptr;
-    if (cs[i].send) {
-      if (c->closed) {
-        ls.unlock();
-        throw_closed("gort::select: send on a closed channel");
-      }
-      if (send_locked(c, cs[i].elem, &peer)) {
-        ls.unlock();
-        if (peer) {
-          move_elem(c->ops, peer->elem, cs[i].elem);
-          release(peer, true);
+  // Done under the set's locks: pump every buffered channel (flags in step), unlock, finish
+  // the parties served.
+  auto leave = [&](wake_list& wl) {
+    for (std::size_t j = 0; j < nlocks; ++j)
+      if (chans[j]->rg.cap) pump(chans[j], wl);
+    ls.unlock();
+    wl.release();
+  };
+
+  for (;;) {
+    ls.lock();
+    wake_list wl;
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::size_t i = order[k];
+      chan_core* c = cs[i].c;
+      if (cs[i].send) {
+        if (c->closed) {
+          leave(wl);
+          throw_closed("gort::select: send on a closed channel");
         }
-        *ok = true;
-        return i;
-      }
-    } else {
-      if (recv_locked(c, cs[i].elem, &peer)) {
-        ls.unlock();
-        if (peer) recv_finish(c, cs[i].elem, peer);
-        *ok = true;
-        return i;
-      }
-      if (c->closed) {
-        ls.unlock();
-        return i;  // *ok false: closed and drained
+        if (c->rg.cap) {
+          if (try_send_locked(c, cs[i].elem, wl)) {
+            leave(wl);
+            *ok = true;
+            return i;
+          }
+        } else if (chan_waiter* w = partner(c->recvq)) {
+          ls.unlock();
+          wl.release();
+          hand_over(c, w->elem, cs[i].elem, w);
+          *ok = true;
+          return i;
+        }
+      } else {
+        if (c->rg.cap) {
+          if (try_recv_locked(c, cs[i].elem, wl)) {
+            leave(wl);
+            *ok = true;
+            return i;
+          }
+        } else if (chan_waiter* w = partner(c->sendq)) {
+          ls.unlock();
+          wl.release();
+          hand_over(c, cs[i].elem, w->elem, w);
+          *ok = true;
+          return i;
+        }
+        if (c->closed) {
+          leave(wl);
+          return i;  // *ok false: closed and drained
+        }
       }
     }
-  }
-  if (nonblocking || (deadline_ns > 0 && rt::nanotime() >= deadline_ns)) {
-    ls.unlock();
-    return n;
+    if (!wl.empty()) {  // served others: finish them before we might block, then look again
+      leave(wl);
+      continue;
+    }
+    if (nonblocking || (deadline_ns > 0 && rt::nanotime() >= deadline_ns)) {
+      ls.unlock();
+      return n;
+    }
+
+    // Arm the buffered channels this select would be the first to wait on, then look at
+    // those rings once more (the no-lost-wake-up check), in the same random order.
+    for (std::size_t i = 0; i < n; ++i) {
+      chan_core* c = cs[i].c;
+      if (c->rg.cap && !(cs[i].send ? c->sendq.head : c->recvq.head)) arm(c, cs[i].send ? swait : rwait);
+    }
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::size_t i = order[k];
+      chan_core* c = cs[i].c;
+      if (!c->rg.cap) continue;
+      const bool done = cs[i].send
+                            ? !c->sendq.head && ring_push(c, cs[i].elem, ring::wait_flag) == ring::result::done
+                            : !c->recvq.head && ring_pop(c, cs[i].elem, ring::wait_flag) == ring::result::done;
+      if (done) {
+        leave(wl);
+        *ok = true;
+        return i;
+      }
+    }
+    break;
   }
 
   rt::wait_state ws;
@@ -489,6 +831,8 @@ std::size_t chan_select(select_case* cs, std::size_t n, std::int64_t deadline_ns
     chan_waiter& w = nodes[i];
     if (w.in_queue) (cs[i].send ? cs[i].c->sendq : cs[i].c->recvq).unlink(&w);
   }
+  for (std::size_t j = 0; j < nlocks; ++j)
+    if (chans[j]->rg.cap) sync_flags(chans[j]);
   ls.unlock();
   if (!woken) return n;
   const auto* win = static_cast<chan_waiter*>(ws.winner);

@@ -4,6 +4,7 @@
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -566,5 +567,258 @@ TEST_CASE("misuse: closed channels and null handles throw clear errors", "[chan]
     CHECK(b.recv() == 6);
     CHECK(a == b);
     CHECK_THROWS_WITH(gort::chan<int>(std::size_t{1} << 60), ContainsSubstring("gort::chan: capacity"));
+  });
+}
+
+// ---- buffered channels: the lock-free ring's edge cases ---------------------------------------
+
+namespace {
+
+// An element whose n-th move takes a few microseconds (1: the move into the ring, 2: the move
+// out of it): a copy into or out of the ring stays in progress long enough for other parties
+// to overtake it, which is when a ring must wait to answer "full" or "empty" exactly.
+struct slow {
+  long v = 0;
+  int moves = 0, slow_at = 0;
+  slow(long x, int at) : v(x), slow_at(at) {}
+  slow(slow&& o) noexcept : v(o.v), moves(o.moves + 1), slow_at(o.slow_at) {
+    if (moves == slow_at)
+      for (int i = 0; i < 400; ++i) asm volatile("");  // a loop the compiler keeps
+  }
+  slow& operator=(slow&& o) noexcept {
+    v = o.v;
+    moves = o.moves;
+    slow_at = o.slow_at;
+    return *this;
+  }
+  slow(const slow&) = delete;
+  slow& operator=(const slow&) = delete;
+};
+
+}  // namespace
+
+TEST_CASE("try_send fails only on a full buffer, even while receives are still copying out", "[chan][ring]") {
+  no_procs_env env;
+  expect_none en;
+  auto procs = GENERATE(2u, 4u);
+  auto cap = GENERATE(1u, 4u);
+  gort::run(with_procs(procs), [cap] {
+    constexpr int nc = 3;
+    const long n = 60000 / test_scale();
+    gort::chan<slow> ch(cap);
+    std::atomic<long> received{0}, sum{0};
+    gort::wait_group wg;
+    wg.add(nc);
+    for (int c = 0; c < nc; ++c)
+      gort::go([&] {
+        long s = 0;
+        while (auto v = ch.recv()) {
+          s += v->v;
+          received.fetch_add(1);  // after the receive returned: that value has left the buffer
+        }
+        sum.fetch_add(s);
+        wg.done();
+      });
+    long tried = 0, failed = 0;
+    for (long i = 0; i < n; ++i) {  // i values sent so far, all by this G
+      const long r = received.load();
+      // Every other value is slow to copy out: the buffer fills, and a pop is still copying
+      // while a later one has completed.
+      slow x(i, i % 2 ? 0 : 2);
+      if (i - r < static_cast<long>(cap)) {
+        // At most i - r values are buffered (receives in progress may have taken some): room.
+        ++tried;
+        if (!ch.try_send(x)) {
+          ++failed;
+          ch.send(std::move(x));
+        }
+      } else {
+        ch.send(std::move(x));
+      }
+    }
+    ch.close();
+    wg.wait();
+    CHECK(failed == 0);
+    CHECK(tried > 0);
+    CHECK(sum.load() == n * (n - 1) / 2);
+  });
+}
+
+TEST_CASE("try_recv fails only on an empty buffer, even while sends are still copying in", "[chan][ring]") {
+  no_procs_env env;
+  expect_none en;
+  auto procs = GENERATE(2u, 4u);
+  auto cap = GENERATE(2u, 64u);
+  gort::run(with_procs(procs), [cap] {
+    constexpr int np = 3;
+    const long per = 20000 / test_scale();
+    gort::chan<slow> ch(cap);
+    std::atomic<long> sent{0};
+    // Each producer holds its own handle: it may still be inside its last send when this G,
+    // having received everything, drops the channel.
+    for (int p = 0; p < np; ++p)
+      gort::go([ch, &sent, p, per] {
+        for (long i = 0; i < per; ++i) {
+          ch.send(slow(p * per + i, i % 2 ? 0 : 1));  // pushes in progress, overtaken
+          sent.fetch_add(1);  // after the send returned: that value is in the buffer or taken
+        }
+      });
+    long got = 0, sum = 0, tried = 0, failed = 0;
+    while (got < np * per) {  // the only receiver
+      const long s = sent.load();
+      std::optional<slow> v;
+      if (s - got > 0) {  // at least s - got values are buffered: one is there
+        ++tried;
+        v = ch.try_recv();
+        if (!v) {
+          ++failed;
+          v = ch.recv();
+        }
+      } else {
+        v = ch.recv();
+      }
+      sum += v->v;
+      ++got;
+    }
+    CHECK(failed == 0);
+    CHECK(tried > 0);
+    CHECK(sum == np * per * (np * per - 1) / 2);
+    CHECK(ch.try_recv() == std::nullopt);
+  });
+}
+
+TEST_CASE("close racing lock-free sends: a lone receiver drains every value whose send returned", "[chan][ring]") {
+  no_procs_env env;
+  expect_none en;
+  auto procs = GENERATE(2u, 4u);
+  auto cap = GENERATE(1u, 3u, 64u);
+  gort::run(with_procs(procs), [cap] {
+    const int rounds = static_cast<int>(300 / test_scale()) + 1;
+    for (int r = 0; r < rounds; ++r) {
+      gort::chan<slow> ch(cap);
+      constexpr int ns = 3;
+      std::atomic<long> sent_sum{0}, sent_n{0};
+      std::atomic<int> stopped{0};
+      gort::wait_group wg;
+      wg.add(ns);
+      for (int s = 0; s < ns; ++s)
+        gort::go([&, s] {
+          try {
+            for (long i = 1;; ++i) {
+              const long v = s * 1'000'000 + i;
+              ch.send(slow(v, 1 + i % 2));
+              sent_sum.fetch_add(v);  // counted only once the send returned normally
+              sent_n.fetch_add(1);
+            }
+          } catch (const gort::closed_channel&) {
+            stopped.fetch_add(1);
+          }
+          wg.done();
+        });
+      // The only receiver: once it sees the close, nothing may be left behind.
+      auto rx = gort::spawn([&] {
+        long sum = 0;
+        while (auto v = ch.recv()) sum += v->v;
+        return sum;
+      });
+      for (int i = 0; i < r % 7; ++i) gort::yield();
+      ch.close();
+      const long got = rx.join();
+      wg.wait();
+      REQUIRE(stopped.load() == ns);
+      REQUIRE(got == sent_sum.load());
+      REQUIRE(ch.size() == 0);
+      REQUIRE(ch.try_recv() == std::nullopt);
+    }
+  });
+}
+
+TEST_CASE("8 producers x 8 consumers through 1 and 3 slots: every full/empty transition parks", "[chan][stress]") {
+  no_procs_env env;
+  expect_none en;
+  auto procs = GENERATE(1u, 2u, 4u);
+  auto cap = GENERATE(1u, 3u);
+  many_to_many(procs, cap);
+}
+
+TEST_CASE("a chain of Gs over one-slot channels: no wake-up lost across many full/empty turns", "[chan][ring]") {
+  no_procs_env env;
+  expect_none en;
+  auto procs = GENERATE(1u, 2u, 4u);
+  auto cap = GENERATE(1u, 2u);
+  gort::run(with_procs(procs), [cap] {
+    constexpr int stages = 8;
+    const long n = 100000 / test_scale();
+    std::vector<gort::chan<long>> link;
+    for (int i = 0; i <= stages; ++i) link.emplace_back(cap);
+    for (int s = 0; s < stages; ++s)
+      gort::go([in = link[s], out = link[s + 1]] {
+        while (auto v = in.recv()) out.send(*v + 1);
+        out.close();
+      });
+    gort::go([in = link[0], n] {
+      for (long i = 0; i < n; ++i) in.send(i);
+      in.close();
+    });
+    long next = stages, count = 0;
+    while (auto v = link[stages].recv()) {
+      EXPECT(*v == next);  // FIFO through every stage
+      ++next;
+      ++count;
+    }
+    CHECK(count == n);
+  });
+}
+
+TEST_CASE("timed and plain operations mixed on a small buffer: exactly once, in order", "[chan][ring]") {
+  no_procs_env env;
+  expect_none en;
+  auto procs = GENERATE(2u, 4u);
+  auto cap = GENERATE(1u, 2u);
+  gort::run(with_procs(procs), [cap] {
+    // Timed-out waiters leave their nodes behind until they take them back; flags set for them
+    // must not strand a value or a waiter.
+    const long n = 20000 / test_scale();
+    constexpr int np = 2;
+    gort::chan<long> ch(cap);
+    for (int p = 0; p < np; ++p)
+      gort::go([ch, p, n] {
+        for (long i = 0; i < n; ++i) {
+          long v = p * n + i;
+          if (i % 2) {
+            while (!ch.send_for(v, std::chrono::microseconds(1 + i % 3))) {
+            }
+          } else {
+            ch.send(v);
+          }
+        }
+      });
+    std::atomic<long> total{0}, count{0};
+    gort::wait_group wg;
+    constexpr int nc = 2;
+    wg.add(nc);
+    for (int c = 0; c < nc; ++c)
+      gort::go([&, c] {
+        std::array<long, np> last{-1, -1};
+        while (count.load() < np * n) {
+          std::optional<long> v =
+              c == 0 ? ch.recv_for(std::chrono::microseconds(1 + count.load() % 4)) : ch.try_recv();
+          if (!v) {
+            if (c == 1) gort::yield();
+            continue;
+          }
+          const long p = *v / n;
+          EXPECT(*v % n > last[p]);  // per-producer order
+          last[p] = *v % n;
+          total.fetch_add(*v);
+          count.fetch_add(1);
+        }
+        wg.done();
+      });
+    wg.wait();
+    const long m = np * n;
+    CHECK(count.load() == m);
+    CHECK(total.load() == m * (m - 1) / 2);
+    CHECK(ch.try_recv() == std::nullopt);
   });
 }

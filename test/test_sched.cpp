@@ -633,8 +633,13 @@ TEST_CASE("a G sees a consistent runtime state after moving between Ms", "[sched
             if (!mp || !gp || gp != self || gp->id != gort::detail::current_g_id() ||
                 gp->id != my_id || mp->curg != gp || gp->curm != mp || !mp->curp ||
                 mp->curp->curm != mp ||
-                gp->status.load(std::memory_order_relaxed) != gort::rt::gstatus::running)
+                gp->status.load(std::memory_order_relaxed) != gort::rt::gstatus::running) {
               bad.fetch_add(1, relaxed);
+              std::fprintf(stderr, "inconsistent: mp %d gp %d self %d id %d curg %d curm %d curp %d pcurm %d status %d\n",
+                           !!mp, !!gp, gp == self, gp && gp->id == my_id, mp && mp->curg == gp,
+                           gp && gp->curm == mp, mp && mp->curp, mp && mp->curp && mp->curp->curm == mp,
+                           gp ? int(gp->status.load()) : -1);
+            }
             if (mp != prev) ++my_moves;
             prev = mp;
           }

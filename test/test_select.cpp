@@ -470,3 +470,77 @@ TEST_CASE("many selects over many channels (more cases than fit on the stack)", 
     CHECK(res.recv() == want);
   });
 }
+
+TEST_CASE("a closed, drained buffered channel counts as ready: chosen uniformly with another", "[select][fairness]") {
+  no_procs_env env;
+  auto counts = gort::run(with_procs(1), [] {
+    gort::chan<int> closed(4), ready(1);
+    closed.close();
+    ready.send(0);
+    std::array<long, 2> n{};
+    const long draws = 50000 / test_scale();
+    for (long d = 0; d < draws; ++d) {
+      const bool second = gort::select(gort::on_recv(closed, [](std::optional<int>) {}),
+                                       gort::on_recv(ready, [](std::optional<int>) {})) == 1;
+      ++n[second];
+      if (second) ready.send(0);
+    }
+    return n;
+  });
+  const double expect = static_cast<double>(counts[0] + counts[1]) / 2;
+  double chi2 = 0;
+  for (long c : counts) chi2 += (c - expect) * (c - expect) / expect;
+  INFO("counts " << counts[0] << " " << counts[1] << " chi2 " << chi2);
+  CHECK(chi2 < 33.0);  // 1 degree of freedom: P(chi2 > 33) is about 1e-8
+}
+
+TEST_CASE("select over buffered channels closed by their producers: drained before closed, in order", "[select][close][stress]") {
+  no_procs_env env;
+  expect_none en;
+  auto procs = GENERATE(1u, 2u, 4u);
+  auto cap = GENERATE(1u, 16u);
+  gort::run(with_procs(procs), [cap] {
+    constexpr int k = 4;
+    const int rounds = static_cast<int>(20 / test_scale()) + 1;
+    const long per = 20000 / test_scale();
+    for (int r = 0; r < rounds; ++r) {
+      std::vector<gort::chan<long>> ch;
+      for (int j = 0; j < k; ++j) ch.emplace_back(cap);
+      for (int j = 0; j < k; ++j)
+        gort::go([c = ch[j], per] {
+          for (long i = 0; i < per; ++i) c.send(i);
+          c.close();
+        });
+      // The only receiver: a channel's close must come after all of its values, in order. A
+      // channel seen closed is swapped for one nobody sends on (Go code would nil it): a closed
+      // channel is always ready, and selecting it again and again would starve the producers
+      // still running on a single P.
+      gort::chan<long> never;
+      std::vector<gort::chan<long>> src = ch;
+      std::array<long, k> next{};
+      std::array<bool, k> closed{};
+      int open = k;
+      while (open > 0) {
+        auto on = [&](int j) {
+          return [&, j](std::optional<long> v) {
+            if (v) {
+              EXPECT(!closed[j]);
+              EXPECT(*v == next[j]);
+              ++next[j];
+            } else if (!closed[j]) {
+              EXPECT(next[j] == per);  // drained before the close was seen
+              closed[j] = true;
+              --open;
+            }
+          };
+        };
+        gort::select(gort::on_recv(src[0], on(0)), gort::on_recv(src[1], on(1)),
+                     gort::on_recv(src[2], on(2)), gort::on_recv(src[3], on(3)));
+        for (int j = 0; j < k; ++j)
+          if (closed[j]) src[j] = never;
+      }
+      for (int j = 0; j < k; ++j) REQUIRE(next[j] == per);
+      for (auto& c : ch) REQUIRE(c.recv() == std::nullopt);
+    }
+  });
+}

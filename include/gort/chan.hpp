@@ -217,7 +217,8 @@ std::size_t select_impl(Tuple& cs, std::index_sequence<I...>) {
 
 // A handle to a channel shared by every copy (Go's chan). A moved-from handle refers to no
 // channel: any operation on it throws std::logic_error (until a channel is assigned to it).
-// T must be nothrow move-constructible (elements move while the channel's lock is held).
+// T must be nothrow move-constructible (elements move while a ring slot is claimed or the
+// channel's lock is held).
 template <class T>
 class chan {
   static_assert(std::is_nothrow_move_constructible_v<T> && std::is_nothrow_destructible_v<T>,
