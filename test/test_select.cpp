@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -23,6 +24,17 @@
 using namespace std::chrono_literals;
 using Catch::Matchers::ContainsSubstring;
 using steady = std::chrono::steady_clock;
+
+// Pearson's chi-square statistic of `counts` against the uniform distribution.
+template <class Counts>
+double chi2_uniform(const Counts& counts) {
+  double total = 0;
+  for (long c : counts) total += static_cast<double>(c);
+  const double expect = total / static_cast<double>(std::size(counts));
+  double chi2 = 0;
+  for (long c : counts) chi2 += (static_cast<double>(c) - expect) * (static_cast<double>(c) - expect) / expect;
+  return chi2;
+}
 
 TEST_CASE("select takes the ready case, default when none is, and returns its index", "[select]") {
   no_procs_env env;
@@ -139,11 +151,7 @@ TEST_CASE("select picks uniformly among ready cases (chi-squared)", "[select][fa
     }
     return n;
   });
-  long total = 0;
-  for (long c : counts) total += c;
-  const double expect = static_cast<double>(total) / 4;
-  double chi2 = 0;
-  for (long c : counts) chi2 += (c - expect) * (c - expect) / expect;
+  const double chi2 = chi2_uniform(counts);
   INFO("counts " << counts[0] << " " << counts[1] << " " << counts[2] << " " << counts[3]
                  << " chi2 " << chi2);
   // 3 degrees of freedom: P(chi2 > 40) is about 1e-8, so a fair select fails this test
@@ -166,9 +174,7 @@ TEST_CASE("select fairness also holds between a ready send and a ready receive",
     }
     return n;
   });
-  const double expect = static_cast<double>(counts[0] + counts[1]) / 2;
-  double chi2 = 0;
-  for (long c : counts) chi2 += (c - expect) * (c - expect) / expect;
+  const double chi2 = chi2_uniform(counts);
   INFO("counts " << counts[0] << " " << counts[1] << " chi2 " << chi2);
   CHECK(chi2 < 33.0);  // 1 degree of freedom: P(chi2 > 33) is about 1e-8
 }
@@ -487,9 +493,7 @@ TEST_CASE("a closed, drained buffered channel counts as ready: chosen uniformly 
     }
     return n;
   });
-  const double expect = static_cast<double>(counts[0] + counts[1]) / 2;
-  double chi2 = 0;
-  for (long c : counts) chi2 += (c - expect) * (c - expect) / expect;
+  const double chi2 = chi2_uniform(counts);
   INFO("counts " << counts[0] << " " << counts[1] << " chi2 " << chi2);
   CHECK(chi2 < 33.0);  // 1 degree of freedom: P(chi2 > 33) is about 1e-8
 }
