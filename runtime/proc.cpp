@@ -149,24 +149,20 @@ void runqput_slow(p* pp, g* gp, bool back) {
 }
 
 // Owner P only. next: into runnext (the G it displaces goes to the ring's new end); else at
-// the ring's old end, the back of the line (see runq.hpp). Returns true if the ring was full
-// and spilled to the global queue.
-bool runqput(p* pp, g* gp, bool next) {
+// the ring's old end, the back of the line (see runq.hpp).
+void runqput(p* pp, g* gp, bool next) {
   if (next) {
     gp = pp->q.put_next(gp);
-    if (!gp) return false;
+    if (!gp) return;
     gp->queued_at.store(pp->tick_ns, std::memory_order_relaxed);
-    if (pp->q.put(gp, sched.nprocs == 1)) return false;
-    runqput_slow(pp, gp, false);
-    return true;
+    if (!pp->q.put(gp, sched.nprocs == 1)) runqput_slow(pp, gp, false);
+    return;
   }
   // The old end stays sorted by stamp (runq.hpp): no newer than the G it goes behind.
   std::int64_t stamp = pp->tick_ns;
   if (g* old = pp->q.peek_oldest()) stamp = std::min(stamp, old->queued_at.load(std::memory_order_relaxed));
   gp->queued_at.store(stamp, std::memory_order_relaxed);
-  if (pp->q.put_back(gp, sched.nprocs == 1)) return false;
-  runqput_slow(pp, gp, true);
-  return true;
+  if (!pp->q.put_back(gp, sched.nprocs == 1)) runqput_slow(pp, gp, true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,8 +845,8 @@ void mstart(m* mp) {
 // them one by one is a cache miss per G, which a lock-holding loop would serialise (measured:
 // that loop was 65% of g_reserve_new's time in the spawn benchmark at procs = 2). The chain
 // to give away is this P's own most recent Gs, whose lines it still holds.
-void gfput_chain(g* head, std::uint32_t n) {
-  std::lock_guard<spinlock> l(sched.gfree_lock);
+// gfree_lock held.
+void gfpush_chain(g* head, std::uint32_t n) {
   head->gfree_next_chain = sched.gfree;
   head->gfree_chain_len = n;
   sched.gfree = head;
@@ -870,7 +866,8 @@ void gfput(p* pp, g* gp) {
   gp->status.store(gstatus::idle, std::memory_order_relaxed);
   if (!pp) {
     gp->schedlink = nullptr;
-    gfput_chain(gp, 1);
+    std::lock_guard<spinlock> l(sched.gfree_lock);
+    gfpush_chain(gp, 1);
     return;
   }
   gp->schedlink = pp->gfree;
@@ -882,7 +879,8 @@ void gfput(p* pp, g* gp) {
     pp->gfree = last->schedlink;
     pp->ngfree -= gfree_max / 2;
     last->schedlink = nullptr;
-    gfput_chain(head, gfree_max / 2);
+    std::lock_guard<spinlock> l(sched.gfree_lock);
+    gfpush_chain(head, gfree_max / 2);
   }
 }
 
@@ -906,12 +904,7 @@ g* gfget(p* pp) {
     if (!sched.gfree) return nullptr;
     std::uint32_t n;
     g* gp = gfget_chain(n);
-    if (g* rest = gp->schedlink) {
-      rest->gfree_next_chain = sched.gfree;
-      rest->gfree_chain_len = n - 1;
-      sched.gfree = rest;
-      sched.ngfree.fetch_add(n - 1, std::memory_order_relaxed);
-    }
+    if (g* rest = gp->schedlink) gfpush_chain(rest, n - 1);
     return gp;
   }
   return nullptr;
@@ -1005,7 +998,7 @@ void yield_commit(fiber* f, void* arg) {
   runqput(static_cast<p*>(arg), gp, false);
 }
 
-// give_way's: behind everything the P has queued, including what it spilled globally.
+// A cooperative preemption's: to the global queue, as Go's is (see preempt_check).
 void yield_global_commit(fiber* f, void*) {
   g* gp = g_of(f);
   gp->status.store(gstatus::runnable, std::memory_order_relaxed);

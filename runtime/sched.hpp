@@ -280,7 +280,7 @@ void timer_armed(std::int64_t when);  // a P's earliest timer changed to `when`
 
 // G lifecycle behind gort.hpp's detail:: functions (api.cpp forwards to these).
 g* g_reserve_new(std::size_t size, std::size_t align, void** frame);
-// Returns true when the new G overflowed the P's ring (the spawner should give way: g_start).
+// Returns true when the new G left its P's ring full (the spawner should give way: g_start).
 bool g_launch(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept;
 void g_unreserve(g* gp) noexcept;
 void g_join_wait(g* target);
