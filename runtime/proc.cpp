@@ -1045,7 +1045,12 @@ void yield_via(bool global) noexcept {
     // Nothing else runs here: carry on, unless the runtime is stopping (then g0 must get
     // control back so the M can exit), or g0 has a G to hand to its M, or this G is wired to
     // this M (its yield goes through the queue like anyone's, and g0 waits for it).
-    if (!mp->handoff && !mp->lockedg && sched.state.load(std::memory_order_relaxed) == 1) return;
+    if (!mp->handoff && !mp->lockedg && sched.state.load(std::memory_order_relaxed) == 1) {
+      // Still a scheduling point, as Go's Gosched is: a new slice, so sysmon does not signal a
+      // G that yields often but finds nobody else to run.
+      pp->schedtick.store(pp->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      return;
+    }
     leave_to(mp, gp, nullptr, tr, false);
     return;
   }

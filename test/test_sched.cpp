@@ -628,6 +628,9 @@ TEST_CASE("a G sees a consistent runtime state after moving between Ms", "[sched
           long my_moves = 0;
           for (long k = 0; k < iters; ++k) {
             gort::yield();
+            // The reads below must not straddle an asynchronous preemption: that keeps the G
+            // on its M but may hand the M another P between reading m->curp and p->curm.
+            gort::no_preempt np;
             gort::rt::m* mp = gort::rt::getm();
             gort::rt::g* gp = gort::rt::getg();
             if (!mp || !gp || gp != self || gp->id != gort::detail::current_g_id() ||
