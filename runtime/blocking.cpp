@@ -32,6 +32,10 @@ void* blocking_enter() noexcept {
   rt::g* gp = mp ? mp->curg : nullptr;
   if (!gp) return nullptr;  // a plain thread, or already inside a blocking call
   rt::p* pp = mp->curp;
+  if (pp->defer_wake.load(std::memory_order_relaxed)) {  // a hand-off that would wait out the call
+    pp->defer_wake.store(0, std::memory_order_relaxed);
+    rt::wakep();
+  }
   mp->oldp = pp;
   mp->curg = nullptr;
   mp->curp = nullptr;

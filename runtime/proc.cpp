@@ -65,6 +65,12 @@ constexpr std::uint32_t global_check_period = 61;
 constexpr std::int64_t stale_slices = 10;
 // Steal rounds over all Ps before giving up (the last one also takes runnext and timers).
 constexpr int steal_tries = 4;
+// ready() into an empty runnext defers its wake-up (sched.hpp, p::defer_wake) by this many of
+// the readier's runtime calls. A ping-pong partner blocks at its first call (the receive after
+// its send), so 2 lets the pair stay on one P; a producer that keeps going wakes a P at its
+// second call after the hand-off, one item later than Go would.
+constexpr std::uint32_t defer_wake_calls = 2;
+
 // How long a spinning M keeps looking before it parks (see findrunnable).
 constexpr std::int64_t spin_before_park_ns = 20'000;
 // How long a thief leaves a running P's runnext alone before taking it (Go: 3 us).
@@ -149,20 +155,22 @@ void runqput_slow(p* pp, g* gp, bool back) {
 }
 
 // Owner P only. next: into runnext (the G it displaces goes to the ring's new end); else at
-// the ring's old end, the back of the line (see runq.hpp).
-void runqput(p* pp, g* gp, bool next) {
+// the ring's old end, the back of the line (see runq.hpp). False when gp went into an empty
+// runnext and the ring got nothing.
+bool runqput(p* pp, g* gp, bool next) {
   if (next) {
     gp = pp->q.put_next(gp);
-    if (!gp) return;
+    if (!gp) return false;
     gp->queued_at.store(pp->tick_ns, std::memory_order_relaxed);
     if (!pp->q.put(gp, sched.nprocs == 1)) runqput_slow(pp, gp, false);
-    return;
+    return true;
   }
   // The old end stays sorted by stamp (runq.hpp): no newer than the G it goes behind.
   std::int64_t stamp = pp->tick_ns;
   if (g* old = pp->q.peek_oldest()) stamp = std::min(stamp, old->queued_at.load(std::memory_order_relaxed));
   gp->queued_at.store(stamp, std::memory_order_relaxed);
   if (!pp->q.put_back(gp, sched.nprocs == 1)) runqput_slow(pp, gp, true);
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1013,7 +1021,12 @@ void ready(g* gp, bool next) noexcept {
   gp->status.store(gstatus::runnable, std::memory_order_release);
   p* pp = mp ? mp->curp : nullptr;
   if (pp) {
-    runqput(pp, gp, next);
+    if (!runqput(pp, gp, next)) {
+      // A hand-off: wait and see whether the readier blocks first (preempt_check).
+      pp->defer_wake.store(defer_wake_calls, std::memory_order_relaxed);
+      pp->defer_tick = pp->schedtick.load(std::memory_order_relaxed);
+      return;
+    }
   } else {
     globrunqput(gp);
     std::atomic_thread_fence(std::memory_order_seq_cst);  // see wakep
@@ -1066,12 +1079,24 @@ void give_way() noexcept {
   if (gp && mp->curp && gp->nopreempt.load(std::memory_order_relaxed) == 0) yield_via(false);
 }
 
+static void deferred_wake(p* pp) noexcept {
+  if (pp->schedtick.load(std::memory_order_relaxed) != pp->defer_tick || !pp->q.has_next()) {
+    pp->defer_wake.store(0, std::memory_order_relaxed);  // this P ran it, or a thief took it
+    return;
+  }
+  const std::uint32_t left = pp->defer_wake.load(std::memory_order_relaxed) - 1;
+  pp->defer_wake.store(left, std::memory_order_relaxed);
+  if (left == 0) wakep();
+}
+
 void preempt_check() noexcept {
   m* mp = getm();
   if (!mp) return;
   g* gp = mp->curg;
   p* pp = mp->curp;
-  if (!gp || !pp || gp->nopreempt.load(std::memory_order_relaxed) != 0) return;
+  if (!gp || !pp) return;
+  if (pp->defer_wake.load(std::memory_order_relaxed)) [[unlikely]] deferred_wake(pp);
+  if (gp->nopreempt.load(std::memory_order_relaxed) != 0) return;
   if (pp->preempt_req.load(std::memory_order_relaxed) != pp->schedtick.load(std::memory_order_relaxed))
     return;
   // To the global queue, as Go's preemption does: this P takes it back within 61 schedules

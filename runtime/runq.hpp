@@ -188,6 +188,9 @@ class runq {
     return gp;
   }
 
+  // Whether runnext holds a G (from another thread: a hint).
+  bool has_next() const noexcept { return next_.load(std::memory_order_relaxed) != nullptr; }
+
   // Any thread: whether the ring is empty and only runnext holds a G (a hint).
   bool only_next() const noexcept {
     return len(ht_.load(std::memory_order_acquire)) == 0 &&

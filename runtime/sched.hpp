@@ -124,6 +124,13 @@ struct p {
   std::uint32_t global_countdown = 61;
   std::int64_t tick_ns = 0;  // nanotime() at the last 1-in-61 fairness look (fast_next)
   std::int64_t stale_pick_ns = 0;  // when fast_next last ran a stale oldest G first
+  // A G readied into an empty runnext wakes no idle P at once (ready, "Deferred wake-ups" in
+  // docs/design.md): its readier usually blocks within a call or two and this P runs it. The
+  // readier's runtime calls count defer_wake down (preempt_check) and the last one wakes a P
+  // after all, unless this P has scheduled since (schedtick != defer_tick) or runnext emptied.
+  // defer_wake is atomic only for sysmon's look (its backstop); the owner alone writes it.
+  std::atomic<std::uint32_t> defer_wake{0};
+  std::uint32_t defer_tick = 0;
 
   // Dead Gs, stacks attached, ready for reuse: this is both the G-descriptor cache and the
   // stack cache (a G lives in its stack). Owned by the P: no locks.

@@ -124,21 +124,27 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
       s.schedtick = t;
       s.schedwhen = prev ? prev : now;
       s.signalled = 0;
-    } else if (now - s.schedwhen >= sched.time_slice_ns) {
-      // Over its slice. A first request counts as action (sysmon stays alert to hand the P
-      // on quickly); repeats for a G that cannot be stopped yet do not, and are rate-limited.
-      if (s.signalled == 0) {
-        pp->preempt_req.store(t, std::memory_order_relaxed);
-        acted = true;
+    } else {
+      // Backstop for a deferred wake-up (proc.cpp, ready): the readier went on computing
+      // without a runtime call, and its hand-off waits while Ps may be idle. A thief's grace
+      // check sees the tick standing still and takes it.
+      if (pp->defer_wake.load(std::memory_order_relaxed) && pp->q.has_next()) wakep();
+      if (now - s.schedwhen >= sched.time_slice_ns) {
+        // Over its slice. A first request counts as action (sysmon stays alert to hand the P
+        // on quickly); repeats for a G that cannot be stopped yet do not, and are rate-limited.
+        if (s.signalled == 0) {
+          pp->preempt_req.store(t, std::memory_order_relaxed);
+          acted = true;
+        }
+        if (s.signalled == 0 || now - s.signalled >= resignal_ns) {
+          // Holding the M costs a thread to run the P meanwhile: at the thread limit, the G is
+          // left to cooperative preemption rather than making the program fail.
+          if (sched.async_preempt && (stopping || sched.nmrunning.load() + 1 < sched.max_threads))
+            preempt_m(mp);
+          s.signalled = now;
+        }
+        continue;
       }
-      if (s.signalled == 0 || now - s.signalled >= resignal_ns) {
-        // Holding the M costs a thread to run the P meanwhile: at the thread limit, the G is
-        // left to cooperative preemption rather than making the program fail.
-        if (sched.async_preempt && (stopping || sched.nmrunning.load() + 1 < sched.max_threads))
-          preempt_m(mp);
-        s.signalled = now;
-      }
-      continue;
     }
     *next_deadline = std::min(*next_deadline, s.schedwhen + sched.time_slice_ns);
   }

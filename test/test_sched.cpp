@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "child.hpp"
+#include "gort/chan.hpp"
 #include "gort/gort.hpp"
 #include "pin.hpp"
 #include "sched.hpp"
@@ -664,6 +665,102 @@ TEST_CASE("a G sees a consistent runtime state after moving between Ms", "[sched
   CHECK(total.inconsistent == 0);
   CHECK(total.migrations > 0);
   CHECK(total.movers > 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deferred wake-ups (docs/design.md): a G readied into an empty runnext wakes no idle P until
+// its readier makes a second runtime call. These check the backstops: a readier that goes on
+// without runtime calls must not keep the readied G from the idle P.
+
+namespace {
+// Readies `b` (parked in a receive) from the calling G, then runs `after` — which makes no
+// runtime call — until b has run. Returns whether b ran (on another M) before the deadline.
+template <class After>
+bool handoff_then(After&& after) {
+  gort::chan<int> ch;
+  std::atomic<gort::rt::g*> bg{nullptr};
+  std::atomic<gort::rt::m*> bm{nullptr};
+  std::atomic<bool> ran{false};
+  gort::wait_group wg;
+  wg.add(1);
+  gort::go([&, ch] {
+    bg.store(gort::rt::getg());
+    (void)ch.recv();
+    bm.store(gort::rt::getm());
+    ran.store(true);
+    wg.done();
+  });
+  // b must be parked, so that the send readies it here (into this P's runnext), and the other
+  // P idle with no M spinning, so that nothing but the mechanism under test can run b there.
+  auto& sc = gort::rt::sched;
+  while (!bg.load() || bg.load()->status.load() != gort::rt::gstatus::waiting ||
+         sc.npidle.load() != 1 || sc.nmspinning.load() != 0)
+    gort::yield();
+  ch.send(1);
+  gort::rt::m* const am = gort::rt::getm();  // `after` keeps us on it (no switch possible)
+  const bool ok = after(ran);
+  wg.wait();  // (may resume us on b's M)
+  return ok && bm.load() != am;
+}
+
+bool spin_until(std::atomic<bool>& flag, std::chrono::milliseconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!flag.load()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+  }
+  return true;
+}
+}  // namespace
+
+TEST_CASE("a deferred wake-up reaches an idle P when the readier computes on", "[sched][wake]") {
+  no_procs_env env;
+  const int rounds = static_cast<int>(std::max<long>(40 / test_scale(), 5));
+  int ok = 0;
+  gort::run(with_procs(2), [&] {
+    for (int i = 0; i < rounds; ++i) {
+      // No preemption and no runtime call: only sysmon's backstop can get the readied G run.
+      ok += handoff_then([](std::atomic<bool>& ran) {
+        gort::no_preempt np;
+        return spin_until(ran, std::chrono::seconds(5));
+      });
+    }
+  });
+  CHECK(ok == rounds);
+}
+
+TEST_CASE("a deferred wake-up is flushed by a blocking call", "[sched][wake][blocking]") {
+  no_procs_env env;
+  const int rounds = static_cast<int>(std::max<long>(40 / test_scale(), 5));
+  int ok = 0;
+  gort::run(with_procs(2), [&] {
+    for (int i = 0; i < rounds; ++i) {
+      // (sysmon's retake of the P in the call would get b run too, a tick later.)
+      ok += handoff_then([](std::atomic<bool>& ran) {
+        return gort::blocking([&ran] { return spin_until(ran, std::chrono::seconds(5)); });
+      });
+    }
+  });
+  CHECK(ok == rounds);
+}
+
+TEST_CASE("a deferred wake-up is sent at the readier's second runtime call", "[sched][wake]") {
+  no_procs_env env;
+  const int rounds = static_cast<int>(std::max<long>(40 / test_scale(), 5));
+  int ok = 0;
+  // Without sysmon: no backstop, and no preemption either; only the count can wake a P.
+  gort::config cfg = with_procs(2);
+  cfg.sysmon = false;
+  gort::chan<int> side(2);
+  gort::run(cfg, [&] {
+    for (int i = 0; i < rounds; ++i) {
+      ok += handoff_then([side](std::atomic<bool>& ran) {
+        // Two runtime calls that do not block.
+        for (int k = 0; k < 2; ++k) (void)side.try_recv();
+        return spin_until(ran, std::chrono::seconds(5));
+      });
+    }
+  });
+  CHECK(ok == rounds);
 }
 
 // ---------------------------------------------------------------------------------------------
