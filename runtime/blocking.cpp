@@ -31,6 +31,9 @@ void* blocking_enter() noexcept {
   rt::m* mp = rt::getm();
   rt::g* gp = mp ? mp->curg : nullptr;
   if (!gp) return nullptr;  // a plain thread, or already inside a blocking call
+  // Until the P is let go (curp cleared, status psyscall), an asynchronous preemption could
+  // hand it to another M behind our back and leave us writing to a P that is not ours.
+  rt::nopreempt_scope np(gp);
   rt::p* pp = mp->curp;
   if (pp->defer_wake.load(std::memory_order_relaxed)) {  // a hand-off that would wait out the call
     pp->defer_wake.store(0, std::memory_order_relaxed);

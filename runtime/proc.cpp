@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -866,7 +867,9 @@ g* gfget_chain(std::uint32_t& n) {
   g* head = sched.gfree;
   n = head->gfree_chain_len;
   sched.gfree = head->gfree_next_chain;
-  sched.ngfree.fetch_sub(n, std::memory_order_relaxed);
+  const std::uint32_t left = sched.ngfree.load(std::memory_order_relaxed) - n;
+  sched.ngfree.store(left, std::memory_order_relaxed);
+  sched.ngfree_low = std::min(sched.ngfree_low, left);
   return head;
 }
 
@@ -920,12 +923,76 @@ g* gfget(p* pp) {
 
 constexpr std::size_t g_reserve = (sizeof(g) + 63) & ~std::size_t{63};
 
+// Scavenging. The free lists keep a dead G's stack committed, which is what makes spawning
+// cheap, but after a spike of a million Gs it would also keep gigabytes resident for good.
+// sysmon calls this once per scavenge_period: it frees half of the global list's low-water
+// mark over that period (the Gs no spawn needed), beyond a reserve, and each freed G's stack
+// goes back to the pool with its memory released (then trim() unmaps chunks left empty).
+// Halving rather than freeing the whole surplus at once keeps a program that spikes every few
+// seconds from paying for fresh pages every time. Per-P lists (at most gfree_max each) and
+// the main G are never touched. Returns the number of Gs freed.
+constexpr std::uint32_t scavenge_keep = 1024;
+
+}  // namespace
+
+std::size_t scavenge_gs() noexcept {
+  g* chains = nullptr;  // detached chains, linked through gfree_next_chain
+  std::uint32_t taken = 0;
+  {
+    std::lock_guard<spinlock> l(sched.gfree_lock);
+    const std::uint32_t low = sched.ngfree_low;
+    const std::uint32_t want = low > scavenge_keep ? (low - scavenge_keep + 1) / 2 : 0;
+    while (taken < want && sched.gfree) {
+      std::uint32_t k;
+      g* h = gfget_chain(k);
+      h->gfree_next_chain = chains;
+      h->gfree_chain_len = k;
+      chains = h;
+      taken += k;
+    }
+    sched.ngfree_low = sched.ngfree.load(std::memory_order_relaxed);
+  }
+  if (!taken) return 0;
+  // Out of allg (the deadlock report and teardown walk it), in batches so that the scheduler
+  // never waits long for sched.lock: each removal is a swap with the last entry.
+  constexpr std::uint32_t batch = 256;
+  g* h = chains;
+  g* gp = h;
+  while (gp) {
+    std::lock_guard<spinlock> l(sched.lock);
+    for (std::uint32_t k = 0; k < batch && gp; ++k) {
+      g* last = sched.allg.back();
+      sched.allg[gp->allg_index] = last;
+      last->allg_index = gp->allg_index;
+      sched.allg.pop_back();
+      if (!(gp = gp->schedlink) && (h = h->gfree_next_chain)) gp = h;
+    }
+  }
+  for (h = chains; h;) {
+    g* next_chain = h->gfree_next_chain;
+    for (gp = h; gp;) {
+      g* next = gp->schedlink;
+      gp->fib.destroy();
+      const stack s = gp->stk;
+      gp->~g();
+      sched.stacks->release(s);
+      gp = next;
+    }
+    h = next_chain;
+  }
+  sched.stacks->trim();
+  return taken;
+}
+
+namespace {
+
 g* gcreate() {
   stack s = sched.stacks->get();  // std::bad_alloc on ENOMEM
   void* at = static_cast<char*>(s.top()) - g_reserve;
   g* gp = ::new (at) g;
   gp->stk = s;
   std::lock_guard<spinlock> l(sched.lock);
+  gp->allg_index = static_cast<std::uint32_t>(sched.allg.size());
   sched.allg.push_back(gp);
   return gp;
 }
@@ -1022,9 +1089,12 @@ void ready(g* gp, bool next) noexcept {
   p* pp = mp ? mp->curp : nullptr;
   if (pp) {
     if (!runqput(pp, gp, next)) {
-      // A hand-off: wait and see whether the readier blocks first (preempt_check).
-      pp->defer_wake.store(defer_wake_calls, std::memory_order_relaxed);
-      pp->defer_tick = pp->schedtick.load(std::memory_order_relaxed);
+      // A hand-off: wait and see whether the readier blocks first (preempt_check). With no
+      // idle P there is nobody to wake anyway (wakep would return at once).
+      if (sched.npidle.load(std::memory_order_relaxed) != 0) {
+        pp->defer_wake.store(defer_wake_calls, std::memory_order_relaxed);
+        pp->defer_tick = pp->schedtick.load(std::memory_order_relaxed);
+      }
       return;
     }
   } else {
@@ -1035,8 +1105,9 @@ void ready(g* gp, bool next) noexcept {
 }
 
 void park(const char* reason, transition commit) noexcept {
-  nopreempt_scope np;
+  // Every caller is a runtime entry point, which holds preemption off already (sched.hpp).
   g* gp = getg();
+  assert(gp && gp->nopreempt.load(std::memory_order_relaxed) > 0 && "park: preemption must be off");
   gp->wait_reason = reason;
   leave(gp, {park_commit, &commit}, false);
   gp->wait_reason = nullptr;
@@ -1079,23 +1150,9 @@ void give_way() noexcept {
   if (gp && mp->curp && gp->nopreempt.load(std::memory_order_relaxed) == 0) yield_via(false);
 }
 
-static void deferred_wake(p* pp) noexcept {
-  if (pp->schedtick.load(std::memory_order_relaxed) != pp->defer_tick || !pp->q.has_next()) {
-    pp->defer_wake.store(0, std::memory_order_relaxed);  // this P ran it, or a thief took it
-    return;
-  }
-  const std::uint32_t left = pp->defer_wake.load(std::memory_order_relaxed) - 1;
-  pp->defer_wake.store(left, std::memory_order_relaxed);
-  if (left == 0) wakep();
-}
-
-void preempt_check() noexcept {
-  m* mp = getm();
-  if (!mp) return;
-  g* gp = mp->curg;
-  p* pp = mp->curp;
-  if (!gp || !pp) return;
-  if (pp->defer_wake.load(std::memory_order_relaxed)) [[unlikely]] deferred_wake(pp);
+namespace {
+// The common tail of preempt_check: yield if sysmon asked this slice to.
+inline void preempt_if_asked(g* gp, p* pp) noexcept {
   if (gp->nopreempt.load(std::memory_order_relaxed) != 0) return;
   if (pp->preempt_req.load(std::memory_order_relaxed) != pp->schedtick.load(std::memory_order_relaxed))
     return;
@@ -1104,6 +1161,39 @@ void preempt_check() noexcept {
   // deferred sibling of a fork-join run, and a preempted parent would hold its children's
   // stacks until the whole rest of the tree had run.
   yield_via(true);
+}
+
+// preempt_check with a deferred wake-up pending (ready): count the readier's call, and wake an
+// idle P at the last one unless this P has scheduled since or runnext was emptied. Out of line,
+// so that the common path of preempt_check needs no frame.
+[[gnu::noinline]] void preempt_check_deferred(m* mp, g* gp) noexcept {
+  {
+    // Not preemptible while it writes to the P: an asynchronous preemption after preempt_check
+    // read m->curp may have handed that P to another M (and this M another P).
+    nopreempt_scope np(gp);
+    if (p* pp = mp->curp) {
+      if (pp->schedtick.load(std::memory_order_relaxed) != pp->defer_tick || !pp->q.has_next()) {
+        pp->defer_wake.store(0, std::memory_order_relaxed);  // ran here, or a thief took it
+      } else {
+        const std::uint32_t left = pp->defer_wake.load(std::memory_order_relaxed) - 1;
+        pp->defer_wake.store(left, std::memory_order_relaxed);
+        if (left == 0) wakep();
+      }
+    }
+  }
+  if (p* pp = mp->curp) preempt_if_asked(gp, pp);
+}
+}  // namespace
+
+void preempt_check() noexcept {
+  m* mp = getm();
+  if (!mp) return;
+  g* gp = mp->curg;
+  p* pp = mp->curp;
+  if (!gp || !pp) return;
+  if (pp->defer_wake.load(std::memory_order_relaxed)) [[unlikely]]
+    return preempt_check_deferred(mp, gp);
+  preempt_if_asked(gp, pp);
 }
 
 void wake(waiter* w) noexcept {
@@ -1337,6 +1427,11 @@ void configure_preemption(const config& cfg) {
   sched.time_slice_ns = slice;
   sched.async_preempt = env_bool("GORT_ASYNC_PREEMPT", cfg.async_preempt);
   sched.sysmon_on = env_bool("GORT_SYSMON", cfg.sysmon);
+  const std::int64_t scavenge = env_duration_ns("GORT_SCAVENGE_PERIOD", cfg.scavenge_period.count());
+  if (scavenge < 0)
+    throw std::invalid_argument("gort: scavenge_period = " + std::to_string(scavenge) +
+                                " ns is negative (0 turns scavenging off)");
+  sched.scavenge_period_ns = scavenge;
   sched.detect_deadlock = env_bool("GORT_DEADLOCK", cfg.detect_deadlock);
   unsigned long maxt = cfg.max_threads;
   if (const char* env = std::getenv("GORT_MAX_THREADS"); env && *env) {
@@ -1371,6 +1466,7 @@ void teardown() {
   sched.nmspinning = 0;
   sched.gfree = nullptr;
   sched.ngfree = 0;
+  sched.ngfree_low = 0;
   sched.timer_sleeper = nullptr;
   sched.timer_sleep_until = 0;
   sched.sysmon_wait = 0;

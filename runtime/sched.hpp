@@ -41,13 +41,14 @@ struct alignas(64) g {  // (the fiber must stay first: g_of)
   std::uint64_t id = 0;
   std::atomic<gstatus> status{gstatus::idle};
   g* schedlink = nullptr;  // run queue / free list link, owned by whoever holds the G there
-  // The global free list is a list of chains (gfput/gfget); on a chain's first G these link
-  // to the next chain and give this chain's length.
   // When the G entered its P's ring (the P's tick_ns): the owner runs the oldest G ahead of
   // newer ones once it has waited a time slice (fast_next). Atomic: a thief may move the G.
   std::atomic<std::int64_t> queued_at{0};
+  // The global free list is a list of chains (gfput/gfget); on a chain's first G these link
+  // to the next chain and give this chain's length.
   g* gfree_next_chain = nullptr;
   std::uint32_t gfree_chain_len = 0;
+  std::uint32_t allg_index = 0;  // where sched.allg holds this G (sched.lock)
   m* curm = nullptr;       // while running
 
   stack stk;
@@ -205,6 +206,7 @@ struct sched_t {
   alignas(64) spinlock gfree_lock;
   g* gfree = nullptr;                     // chains of dead Gs (see gfput)
   std::atomic<std::uint32_t> ngfree{0};  // Gs in them; written under gfree_lock, read as a hint
+  std::uint32_t ngfree_low = 0;           // the fewest since the last scavenge (gfree_lock)
 
   // The M sleeping with a timeout until the earliest timer of any P (null: none). Whoever arms
   // an earlier timer wakes it. See docs/design.md "Timers".
@@ -224,6 +226,7 @@ struct sched_t {
   std::int64_t time_slice_ns = 10'000'000;
   bool async_preempt = true;
   bool sysmon_on = true;
+  std::int64_t scavenge_period_ns = 1'000'000'000;  // 0: never (scavenge_gs)
   std::uint32_t max_threads = 10'000;
   // sysmon sleeps on this; 1 while it sleeps with no deadline (every P idle), so the first
   // P to get busy again must wake it (pidleget).
@@ -262,7 +265,8 @@ inline g* getg() noexcept {
 // waker's data still in cache), or at the back of the line with next = false (timers: several
 // due at once must run in deadline order, behind what is already queued).
 void ready(g* gp, bool next = true) noexcept;
-void park(const char* reason, transition commit) noexcept;  // block the current G
+// Blocks the current G; the caller holds preemption off (as every runtime entry point does).
+void park(const char* reason, transition commit) noexcept;
 void yield_g() noexcept;
 void wake(waiter* w) noexcept;                         // wake a G or a thread waiter
 // Blocks the caller (G or OS thread) on w until wake(w); `unlock` runs once the caller is
@@ -284,6 +288,8 @@ p* await_p(m* mp) noexcept;
 // Switches the running G gp to next (null: mp's g0), running `tr` once gp is off its stack.
 void leave_to(m* mp, g* gp, g* next, transition tr, bool dying);
 void timer_armed(std::int64_t when);  // a P's earliest timer changed to `when`
+// Frees surplus dead Gs and their stacks' memory (sysmon, once per scavenge period; proc.cpp).
+std::size_t scavenge_gs() noexcept;
 
 // G lifecycle behind gort.hpp's detail:: functions (api.cpp forwards to these).
 g* g_reserve_new(std::size_t size, std::size_t align, void** frame);

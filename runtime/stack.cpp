@@ -390,6 +390,11 @@ void stack_pool::put(const stack& s) noexcept {
   if (sl->guard == guard_kind::none) stats_.unguarded--;
 }
 
+void stack_pool::release(const stack& s) noexcept {
+  ::madvise(s.lo, s.size, MADV_DONTNEED);  // cannot fail on a range we mapped
+  put(s);
+}
+
 std::size_t stack_pool::trim() noexcept {
   std::lock_guard lk(mu_);
   std::size_t freed = 0;

@@ -101,6 +101,9 @@ class stack_pool {
   stack get();
   // Takes back a stack this pool handed out. Its memory stays committed for the next get().
   void put(const stack& s) noexcept;
+  // Takes back a stack and gives its memory to the kernel (MADV_DONTNEED): the slot and its
+  // guard stay, and its pages are faulted in afresh when it is next used.
+  void release(const stack& s) noexcept;
   // Unmaps the chunks none of whose stacks is handed out. Returns the bytes unmapped.
   std::size_t trim() noexcept;
 

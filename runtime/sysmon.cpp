@@ -39,6 +39,8 @@ void check_deadlock(bool (*nap)(std::int64_t ns));
 namespace {
 
 constexpr std::int64_t tick_ns = 20'000;
+// Cached dead Gs that keep an idle sysmon waking for the scavenger (proc.cpp, scavenge_keep).
+constexpr std::uint32_t scavenge_reserve = 1024;
 constexpr int idle_ticks_before_backoff = 50;
 // A G that ignores a preemption request (inside no_preempt, or in runtime code) is signalled
 // again no more often than this: its M would otherwise take a signal every tick.
@@ -169,8 +171,15 @@ void sysmon_main() {
   // started watching (sched.sysmon_since).
   std::int64_t last_look = sched.sysmon_since.load(std::memory_order_relaxed);
   int idle = 0;
+  const std::int64_t scavenge_period = sched.scavenge_period_ns;
+  std::int64_t next_scavenge = scavenge_period ? nanotime() + scavenge_period : 0;
   while (!quit.load(std::memory_order_acquire)) {
-    // Every P idle: sleep until one is taken (pidle_taken), with no timeout at all.
+    if (next_scavenge && nanotime() >= next_scavenge) {
+      if (sched.state.load(std::memory_order_acquire) == 1) scavenge_gs();
+      next_scavenge = nanotime() + scavenge_period;
+    }
+    // Every P idle: sleep until one is taken (pidle_taken), with no timeout at all, unless
+    // dead Gs beyond the scavenger's reserve are cached: then until the next scavenge.
     if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
         sched.state.load(std::memory_order_acquire) == 1) {
       sched.sysmon_note.clear();
@@ -180,7 +189,10 @@ void sysmon_main() {
       if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
           sched.state.load(std::memory_order_seq_cst) == 1 && !quit.load(std::memory_order_seq_cst)) {
         check_deadlock(nap);  // returns only if not dead-locked
-        sched.sysmon_note.sleep();
+        if (next_scavenge && sched.ngfree.load(std::memory_order_relaxed) > scavenge_reserve)
+          sched.sysmon_note.sleep_until(next_scavenge);
+        else
+          sched.sysmon_note.sleep();
       }
       sched.sysmon_wait.store(0, std::memory_order_seq_cst);
       for (psample& s : samples) s = psample{};

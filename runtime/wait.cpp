@@ -44,7 +44,7 @@ void finish(wait_state& ws) noexcept {
 }
 
 bool block(wait_state& ws, std::int64_t deadline_ns, const char* reason, transition unlock) noexcept {
-  nopreempt_scope np;
+  // The caller, a runtime entry point, holds preemption off (park checks).
   if (g* gp = getg()) {
     ws.gp = gp;
     ws.tm.when = deadline_ns;

@@ -70,6 +70,22 @@ inline gort::config with_procs(unsigned n, gort::pin_policy pin = gort::pin_poli
 
 // GORT_PROCS overrides config.procs; a value inherited from the environment would make the
 // procs assertions meaningless, so each test case runs with it unset (and restores it).
+// Sets an environment variable for a scope, restoring what was there.
+struct scoped_env {
+  std::string name;
+  std::optional<std::string> saved;
+  scoped_env(const char* n, const char* value) : name(n) {
+    if (const char* v = std::getenv(n)) saved = v;
+    setenv(n, value, 1);
+  }
+  ~scoped_env() {
+    if (saved) setenv(name.c_str(), saved->c_str(), 1);
+    else unsetenv(name.c_str());
+  }
+  scoped_env(const scoped_env&) = delete;
+  scoped_env& operator=(const scoped_env&) = delete;
+};
+
 struct no_procs_env {
   std::optional<std::string> saved;
   no_procs_env() {

@@ -43,6 +43,12 @@ struct config {
   // runtime: a program where one does (sends on a channel later, say) turns this off.
   // Environment GORT_DEADLOCK=0/1.
   bool detect_deadlock = true;
+  // Dead Gs are cached, stacks and all, for the next spawn. Once per scavenge_period sysmon gives
+  // half of the cached Gs that no spawn needed during the last period back to the kernel (their
+  // stacks' memory, and whole stack mappings once empty), beyond a reserve of 1,024, so memory
+  // used by a spike of Gs returns within seconds of the spike. 0: never. Needs sysmon.
+  // Environment GORT_SCAVENGE_PERIOD overrides, with a unit: "1s", "200ms", "0s".
+  std::chrono::nanoseconds scavenge_period = std::chrono::seconds(1);
 };
 
 }  // namespace gort
