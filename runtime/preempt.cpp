@@ -78,7 +78,12 @@ void hold_for_preemption(m* mp, g* gp, p* pp) noexcept {
   sysmon_poke();
   p* np = await_p(mp);
   if (!np) {
-    // Shutdown: the G is abandoned like every other unfinished G; g0 exits the thread.
+    // Shutdown: the G is abandoned like every other unfinished G; g0 exits the thread. sysmon
+    // may be handing our P on right now (take_preempted, which writes to this M): take the P
+    // back first, and if sysmon got there before us, wait until it is done (its pidle store).
+    std::uint32_t s = ppreempted;
+    if (!pp->status.compare_exchange_strong(s, prunning, std::memory_order_acq_rel))
+      while (pp->status.load(std::memory_order_acquire) == ptaking) cpu_relax();
     mp->curg = nullptr;
     gp->fib.after = nullptr;
     gp->fib.switch_to(mp->g0, mp->eh);

@@ -99,6 +99,7 @@ enum : std::uint32_t {
   prunning = 1,  // held by an M running Gs or the scheduler
   psyscall = 2,  // its M is inside gort::blocking(); sysmon may retake it
   ppreempted = 3,  // its M is held in the preemption signal handler; sysmon hands it on
+  ptaking = 4,     // sysmon is handing a ppreempted P on (take_preempted); then pidle
 };
 
 // Work that must wait until the leaving G is off its stack: installed as the leaving fiber's

@@ -59,6 +59,11 @@ std::atomic<bool> quit{false};
 
 // Step 4 of preempt.cpp's protocol: the P's M is parked in the signal handler with its G.
 void take_preempted(p* pp) {
+  // Claimed with a CAS: on shutdown the held M may be taking its P back at the same moment
+  // (preempt.cpp, hold_for_preemption), and then it is the M's. If we win, the M waits for
+  // the pidle below before it touches its own state again.
+  std::uint32_t expect = ppreempted;
+  if (!pp->status.compare_exchange_strong(expect, ptaking, std::memory_order_acq_rel)) return;
   m* mp = pp->curm.load(std::memory_order_relaxed);
   g* gp = mp->curg;
   gp->lockedm = mp;
