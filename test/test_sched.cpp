@@ -421,6 +421,27 @@ long resident_bytes() {
   std::memset(buf, 1, std::min(bytes, sizeof buf));
   asm volatile("" : : "r"(buf) : "memory");
 }
+
+// A spike: n Gs alive at once, each with `touched` bytes of stack committed; `at_peak` runs
+// while they all are. Returns once every one of them has finished.
+template <class AtPeak>
+void spike(long n, std::size_t touched, AtPeak&& at_peak) {
+  gort::wait_group started, release, done;
+  started.add(static_cast<int>(n));
+  release.add(1);
+  done.add(static_cast<int>(n));
+  for (long i = 0; i < n; ++i)
+    gort::go([&] {
+      touch_stack(touched);
+      started.done();
+      release.wait();
+      done.done();
+    });
+  started.wait();
+  at_peak();
+  release.done();
+  done.wait();
+}
 }  // namespace
 
 // The scavenger (proc.cpp, scavenge_gs): after a spike, the dead Gs no spawn needs go back,
@@ -433,24 +454,10 @@ TEST_CASE("memory held by a spike of Gs goes back once they are done", "[sched][
   cfg.scavenge_period = std::chrono::milliseconds(20);
   long live_peak = 0, live_after = 0, rss_peak = 0, rss_after = 0;
   gort::run(cfg, [&] {
-    {
-      gort::wait_group started, release, done;
-      started.add(static_cast<int>(n));
-      release.add(1);
-      done.add(static_cast<int>(n));
-      for (long i = 0; i < n; ++i)
-        gort::go([&] {
-          touch_stack(touched);
-          started.done();
-          release.wait();
-          done.done();
-        });
-      started.wait();
+    spike(n, touched, [&] {
       live_peak = static_cast<long>(gort::rt::sched.stacks->stats().live);
       rss_peak = resident_bytes();
-      release.done();
-      done.wait();
-    }
+    });
     // Each period frees half the surplus: about log2(n) periods, with a generous deadline.
     const long bound = 1024 + 64 * 2 + 64;
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
@@ -482,19 +489,7 @@ TEST_CASE("scavenge_period is validated and can be turned off", "[sched][stacks]
   long live_after = 0;
   const long n = 3'000;
   gort::run(cfg, [&] {
-    gort::wait_group started, release, done;
-    started.add(static_cast<int>(n));
-    release.add(1);
-    done.add(static_cast<int>(n));
-    for (long i = 0; i < n; ++i)
-      gort::go([&] {
-        started.done();
-        release.wait();
-        done.done();
-      });
-    started.wait();
-    release.done();
-    done.wait();
+    spike(n, 0, [] {});
     gort::sleep_for(std::chrono::milliseconds(50));
     live_after = static_cast<long>(gort::rt::sched.stacks->stats().live);
   });
