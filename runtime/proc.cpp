@@ -931,7 +931,6 @@ constexpr std::size_t g_reserve = (sizeof(g) + 63) & ~std::size_t{63};
 // Halving rather than freeing the whole surplus at once keeps a program that spikes every few
 // seconds from paying for fresh pages every time. Per-P lists (at most gfree_max each) and
 // the main G are never touched. Returns the number of Gs freed.
-constexpr std::uint32_t scavenge_keep = 1024;
 
 }  // namespace
 

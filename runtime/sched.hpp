@@ -290,6 +290,9 @@ p* await_p(m* mp) noexcept;
 void leave_to(m* mp, g* gp, g* next, transition tr, bool dying);
 void timer_armed(std::int64_t when);  // a P's earliest timer changed to `when`
 // Frees surplus dead Gs and their stacks' memory (sysmon, once per scavenge period; proc.cpp).
+// It leaves scavenge_keep of them on the global free list, and an idle sysmon keeps waking for
+// it only while more than that are cached.
+inline constexpr std::uint32_t scavenge_keep = 1024;
 std::size_t scavenge_gs() noexcept;
 
 // G lifecycle behind gort.hpp's detail:: functions (api.cpp forwards to these).

@@ -39,8 +39,6 @@ void check_deadlock(bool (*nap)(std::int64_t ns));
 namespace {
 
 constexpr std::int64_t tick_ns = 20'000;
-// Cached dead Gs that keep an idle sysmon waking for the scavenger (proc.cpp, scavenge_keep).
-constexpr std::uint32_t scavenge_reserve = 1024;
 constexpr int idle_ticks_before_backoff = 50;
 // A G that ignores a preemption request (inside no_preempt, or in runtime code) is signalled
 // again no more often than this: its M would otherwise take a signal every tick.
@@ -194,7 +192,7 @@ void sysmon_main() {
       if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
           sched.state.load(std::memory_order_seq_cst) == 1 && !quit.load(std::memory_order_seq_cst)) {
         check_deadlock(nap);  // returns only if not dead-locked
-        if (next_scavenge && sched.ngfree.load(std::memory_order_relaxed) > scavenge_reserve)
+        if (next_scavenge && sched.ngfree.load(std::memory_order_relaxed) > scavenge_keep)
           sched.sysmon_note.sleep_until(next_scavenge);
         else
           sched.sysmon_note.sleep();

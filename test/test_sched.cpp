@@ -803,57 +803,46 @@ bool spin_until(std::atomic<bool>& flag, std::chrono::milliseconds limit) {
   }
   return true;
 }
+
+// Runs handoff_then(after) `rounds` times in a runtime with cfg; CHECKs that every round's b
+// ran on another M in time.
+template <class After>
+void check_handoffs(const gort::config& cfg, After after) {
+  no_procs_env env;
+  const int rounds = static_cast<int>(std::max<long>(40 / test_scale(), 5));
+  int ok = 0;
+  gort::run(cfg, [&] {
+    for (int i = 0; i < rounds; ++i) ok += handoff_then(after);
+  });
+  CHECK(ok == rounds);
+}
 }  // namespace
 
 TEST_CASE("a deferred wake-up reaches an idle P when the readier computes on", "[sched][wake]") {
-  no_procs_env env;
-  const int rounds = static_cast<int>(std::max<long>(40 / test_scale(), 5));
-  int ok = 0;
-  gort::run(with_procs(2), [&] {
-    for (int i = 0; i < rounds; ++i) {
-      // No preemption and no runtime call: only sysmon's backstop can get the readied G run.
-      ok += handoff_then([](std::atomic<bool>& ran) {
-        gort::no_preempt np;
-        return spin_until(ran, std::chrono::seconds(5));
-      });
-    }
+  // No preemption and no runtime call: only sysmon's backstop can get the readied G run.
+  check_handoffs(with_procs(2), [](std::atomic<bool>& ran) {
+    gort::no_preempt np;
+    return spin_until(ran, std::chrono::seconds(5));
   });
-  CHECK(ok == rounds);
 }
 
 TEST_CASE("a deferred wake-up is flushed by a blocking call", "[sched][wake][blocking]") {
-  no_procs_env env;
-  const int rounds = static_cast<int>(std::max<long>(40 / test_scale(), 5));
-  int ok = 0;
-  gort::run(with_procs(2), [&] {
-    for (int i = 0; i < rounds; ++i) {
-      // (sysmon's retake of the P in the call would get b run too, a tick later.)
-      ok += handoff_then([](std::atomic<bool>& ran) {
-        return gort::blocking([&ran] { return spin_until(ran, std::chrono::seconds(5)); });
-      });
-    }
+  // (sysmon's retake of the P in the call would get b run too, a tick later.)
+  check_handoffs(with_procs(2), [](std::atomic<bool>& ran) {
+    return gort::blocking([&ran] { return spin_until(ran, std::chrono::seconds(5)); });
   });
-  CHECK(ok == rounds);
 }
 
 TEST_CASE("a deferred wake-up is sent at the readier's second runtime call", "[sched][wake]") {
-  no_procs_env env;
-  const int rounds = static_cast<int>(std::max<long>(40 / test_scale(), 5));
-  int ok = 0;
   // Without sysmon: no backstop, and no preemption either; only the count can wake a P.
   gort::config cfg = with_procs(2);
   cfg.sysmon = false;
   gort::chan<int> side(2);
-  gort::run(cfg, [&] {
-    for (int i = 0; i < rounds; ++i) {
-      ok += handoff_then([side](std::atomic<bool>& ran) {
-        // Two runtime calls that do not block.
-        for (int k = 0; k < 2; ++k) (void)side.try_recv();
-        return spin_until(ran, std::chrono::seconds(5));
-      });
-    }
+  check_handoffs(cfg, [side](std::atomic<bool>& ran) {
+    // Two runtime calls that do not block.
+    for (int k = 0; k < 2; ++k) (void)side.try_recv();
+    return spin_until(ran, std::chrono::seconds(5));
   });
-  CHECK(ok == rounds);
 }
 
 // ---------------------------------------------------------------------------------------------
