@@ -18,7 +18,8 @@ void sleep_fire(timer* t) { ready(static_cast<g*>(t->arg), false); }
 void sleep_commit(fiber* f, void*) {
   g* gp = g_of(f);
   p* pp = getm()->curp;
-  if (pp->tm.add(&gp->sleep_timer)) timer_armed(gp->sleep_timer.when);
+  const std::int64_t when = gp->sleep_timer.when;  // the G may run (and re-arm) once it is added
+  if (pp->tm.add(&gp->sleep_timer)) timer_armed(when);
 }
 
 // wait_group's lock: held for a few instructions, never across a block (park releases it once

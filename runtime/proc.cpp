@@ -394,7 +394,8 @@ timed_stop stopm_until(m* mp, std::int64_t until) {
     std::lock_guard<spinlock> l(sched.lock);
     mput(mp);
   }
-  mp->park.clear();
+  // No park.clear() here: park_idle cleared it before publishing this M as the timer sleeper,
+  // and a poke that arrived since (a timer earlier than `until`) must stay set.
   for (;;) {
     if (p* pp = mp->nextp_take()) {
       acquirep(mp, pp);
@@ -583,6 +584,9 @@ g* steal_work(m* mp, p* pp) {
 bool park_idle(m* mp) {
   std::int64_t until = earliest_timer();
   m* none = nullptr;
+  // Cleared before this M can be seen as the timer sleeper: a timer armed between the CAS and
+  // the sleep (one that `again` below misses) pokes the note, and the poke must not be erased.
+  mp->park.clear();
   if (until && sched.timer_sleeper.compare_exchange_strong(none, mp, std::memory_order_seq_cst)) {
     sched.timer_sleep_until.store(until, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -23,9 +23,11 @@ void block_commit(fiber* f, void* arg) {
   auto* bc = static_cast<block_ctx*>(arg);
   wait_state* ws = bc->ws;
   transition unlock = bc->unlock;  // bc lives on the parked stack: read before unlocking
-  if (ws->tm.when) {
+  if (const std::int64_t when = ws->tm.when) {
+    // `when` read first: once armed, the timer may fire and the G resume elsewhere, taking
+    // ws (on its stack) with it.
     p* pp = getm()->curp;
-    if (pp->tm.add(&ws->tm)) timer_armed(ws->tm.when);
+    if (pp->tm.add(&ws->tm)) timer_armed(when);
   }
   if (unlock.fn) unlock.fn(f, unlock.arg);
 }

@@ -282,3 +282,26 @@ TEST_CASE("ticker: ticks on its grid, monotonic, stop ends them; after() deliver
     CHECK_THROWS_AS(gort::ticker(0ms), std::invalid_argument);
   });
 }
+
+// One idle M sleeps until the earliest timer of any P. When a G on another P arms an earlier
+// timer just as that M publishes itself as the sleeper, the arming pokes it; a poke lost there
+// leaves the short timer waiting behind the long one (seen as the receive below timing out).
+TEST_CASE("timer: a short timer armed as an M goes to sleep on a long one is not lost", "[timer][wake]") {
+  no_procs_env env;
+  auto procs = GENERATE(1u, 2u);
+  const long rounds = 2000 / test_scale();
+  const auto lost = gort::run(with_procs(procs), [rounds] {
+    long missed = 0;
+    for (long i = 0; i < rounds; ++i) {
+      gort::chan<long> c;
+      gort::go([c, i] {
+        gort::sleep_for(std::chrono::microseconds(i % 200));
+        c.send(i);
+      });
+      const auto v = c.recv_for(2s);  // the long deadline: parks this G, its M goes idle
+      if (v != std::optional<long>(i)) ++missed;
+    }
+    return missed;
+  });
+  CHECK(lost == 0);
+}

@@ -88,7 +88,9 @@ struct outcome {
     }
   }
   R take() {
-    if (error) std::rethrow_exception(error);
+    // Moved out, so the last reference drops on the joiner's thread, not in the dead G's
+    // recycle (TSan cannot see libstdc++'s uninstrumented exception refcount).
+    if (error) std::rethrow_exception(std::exchange(error, nullptr));
     if constexpr (std::is_reference_v<R>) return value->get();
     else return std::move(*value);
   }
@@ -105,7 +107,9 @@ struct outcome<void> {
     }
   }
   void take() {
-    if (error) std::rethrow_exception(error);
+    // Moved out, so the last reference drops on the joiner's thread, not in the dead G's
+    // recycle (TSan cannot see libstdc++'s uninstrumented exception refcount).
+    if (error) std::rethrow_exception(std::exchange(error, nullptr));
   }
 };
 
