@@ -71,7 +71,6 @@ constexpr int steal_tries = 4;
 // its send), so 2 lets the pair stay on one P; a producer that keeps going wakes a P at its
 // second call after the hand-off, one item later than Go would.
 constexpr std::uint32_t defer_wake_calls = 2;
-constexpr bool defer_wake_enabled = false;  // see ready()
 
 // How long a spinning M keeps looking before it parks (see findrunnable).
 constexpr std::int64_t spin_before_park_ns = 20'000;
@@ -1092,11 +1091,10 @@ void ready(g* gp, bool next) noexcept {
   gp->status.store(gstatus::runnable, std::memory_order_release);
   p* pp = mp ? mp->curp : nullptr;
   if (pp) {
-    // Deferred wake-ups (docs/design.md) are switched off: with them a G readied into runnext
-    // was seen to wait out a 10 s select deadline under TSan (test_select "select timeouts"),
-    // a lost wake-up not yet explained. Until it is, every ready wakes as Go's does.
+    // Into an empty runnext with some P idle: the wake-up waits for the readier's next runtime
+    // calls (docs/design.md "Deferred wake-ups"), which usually run the G here first.
     const bool to_ring = runqput(pp, gp, next);
-    if (defer_wake_enabled && !to_ring && sched.npidle.load(std::memory_order_relaxed) != 0) {
+    if (!to_ring && sched.npidle.load(std::memory_order_relaxed) != 0) {
       pp->defer_wake.store(defer_wake_calls, std::memory_order_relaxed);
       pp->defer_tick = pp->schedtick.load(std::memory_order_relaxed);
       return;
