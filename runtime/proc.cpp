@@ -159,18 +159,19 @@ void runqput_slow(p* pp, g* gp, bool back) {
 // the ring's old end, the back of the line (see runq.hpp). False when gp went into an empty
 // runnext and the ring got nothing.
 bool runqput(p* pp, g* gp, bool next) {
+  const bool alone = sched.nprocs == 1;
   if (next) {
-    gp = pp->q.put_next(gp);
+    gp = pp->q.put_next(gp, alone);
     if (!gp) return false;
     gp->queued_at.store(pp->tick_ns, std::memory_order_relaxed);
-    if (!pp->q.put(gp, sched.nprocs == 1)) runqput_slow(pp, gp, false);
+    if (!pp->q.put(gp, alone)) runqput_slow(pp, gp, false);
     return true;
   }
   // The old end stays sorted by stamp (runq.hpp): no newer than the G it goes behind.
   std::int64_t stamp = pp->tick_ns;
   if (g* old = pp->q.peek_oldest()) stamp = std::min(stamp, old->queued_at.load(std::memory_order_relaxed));
   gp->queued_at.store(stamp, std::memory_order_relaxed);
-  if (!pp->q.put_back(gp, sched.nprocs == 1)) runqput_slow(pp, gp, true);
+  if (!pp->q.put_back(gp, alone)) runqput_slow(pp, gp, true);
   return true;
 }
 
