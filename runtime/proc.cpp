@@ -163,12 +163,12 @@ bool runqput(p* pp, g* gp, bool next) {
   if (next) {
     gp = pp->q.put_next(gp, alone);
     if (!gp) return false;
-    gp->queued_at.store(pp->tick_ns, std::memory_order_relaxed);
+    gp->queued_at.store(pp->tick_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
     if (!pp->q.put(gp, alone)) runqput_slow(pp, gp, false);
     return true;
   }
   // The old end stays sorted by stamp (runq.hpp): no newer than the G it goes behind.
-  std::int64_t stamp = pp->tick_ns;
+  std::int64_t stamp = pp->tick_ns.load(std::memory_order_relaxed);
   if (g* old = pp->q.peek_oldest()) stamp = std::min(stamp, old->queued_at.load(std::memory_order_relaxed));
   gp->queued_at.store(stamp, std::memory_order_relaxed);
   if (!pp->q.put_back(gp, alone)) runqput_slow(pp, gp, true);
@@ -630,7 +630,7 @@ top:
   }
   p* pp = mp->curp;
   std::int64_t now = nanotime();
-  pp->tick_ns = now;  // fresh stamps for what this P queues next (runqput)
+  pp->tick_ns.store(now, std::memory_order_relaxed);  // fresh stamps for what this P queues next (runqput)
   check_timers(pp, now);
 
   bool inherit;
@@ -720,7 +720,8 @@ g* fast_next(p* pp, bool fire) {
     // neither spilled Gs nor the ring's old end starve behind a pair of Gs readying each other
     // through runnext, or behind newer Gs (the owner otherwise runs the newest first: runq.hpp).
     pp->global_countdown = global_check_period;
-    pp->tick_ns = nanotime();
+    const std::int64_t tick = nanotime();
+    pp->tick_ns.store(tick, std::memory_order_relaxed);
     if (sched.nglobal.load(std::memory_order_relaxed)) {
       std::lock_guard<spinlock> l(sched.lock);
       if (g* gp = globrunqget(pp, 1)) return gp;
@@ -729,11 +730,11 @@ g* fast_next(p* pp, bool fire) {
     // is "stale", and each pick opens another subtree whose pending children stay queued
     // until it is done (runq.hpp).
     const std::int64_t stale_period = stale_slices * sched.time_slice_ns;
-    if (pp->tick_ns - pp->stale_pick_ns >= stale_period) {
+    if (tick - pp->stale_pick_ns >= stale_period) {
       g* old = pp->q.peek_oldest();
-      if (old && pp->tick_ns - old->queued_at.load(std::memory_order_relaxed) >= stale_period) {
+      if (old && tick - old->queued_at.load(std::memory_order_relaxed) >= stale_period) {
         if (g* gp = pp->q.get_oldest(alone)) {
-          pp->stale_pick_ns = pp->tick_ns;
+          pp->stale_pick_ns = tick;
           return gp;
         }
       }

@@ -124,7 +124,10 @@ struct p {
   runq q;
   // Schedules until the next look at the global queue (the 1-in-61 fairness rule, fast_next).
   std::uint32_t global_countdown = 61;
-  std::int64_t tick_ns = 0;  // nanotime() at the last 1-in-61 fairness look (fast_next)
+  // nanotime() at the last 1-in-61 fairness look (fast_next) or g0 schedule (findrunnable),
+  // always taken before the G it precedes starts: so a lower bound on the running slice's
+  // start, which sysmon reads (relaxed; owner-written).
+  std::atomic<std::int64_t> tick_ns{0};
   std::int64_t stale_pick_ns = 0;  // when fast_next last ran a stale oldest G first
   // A G readied into an empty runnext wakes no idle P at once (ready, "Deferred wake-ups" in
   // docs/design.md): its readier usually blocks within a call or two and this P runs it. The

@@ -9,12 +9,24 @@
 //     (blocking.cpp has the other half).
 //
 // Cadence. A tick is 20 us while sysmon finds things to do. After 50 ticks in a row with
-// nothing to do it doubles its sleep, up to time_slice / 10 (1 ms by default) — not Go's
-// 10 ms: a G's slice is measured from the first tick that sees it, so the sleep bounds how
-// late a preemption can come, and wake-up latency behind a spinning G is what users notice.
-// It also never sleeps past the moment the oldest running slice expires. When every P is idle
-// it sleeps with no deadline (no CPU at all) until a P is taken from the idle list
-// (pidle_taken wakes it).
+// nothing to do it doubles its sleep, up to a cap, and it never sleeps past the moment the
+// oldest running slice expires. When every P is idle it sleeps with no deadline (no CPU at
+// all) until a P is taken from the idle list (pidle_taken wakes it).
+//
+// The cap is about when a slice started. A look that sees a P's schedtick moved knows only
+// that the running slice began after two lower bounds: the previous look, and the P's own
+// stamp (tick_ns, taken at every 61st schedule and at every g0 schedule, always before the G
+// starts). The slice is counted from the later of the two, so no G overstays it by more than
+// sysmon's own lateness; the price is that a slice may be cut short by the bound's distance
+// from the true start. Where the stamp is fresh (a P switching thousands of times a second:
+// servers, fork-join, yield loops) that distance is microseconds whatever the sleep, so the
+// cap is time_slice / 2 (5 ms by default). Where some running P's stamp is stale (a few
+// long-running Gs, the case preemption exists for) only the look bounds it, and the cap is
+// time_slice / 10 (1 ms): not Go's 10 ms, because wake-up latency behind a spinning G is what
+// users notice. The long cap matters where sysmon shares a CPU with an M: each wake-up there
+// preempts the M, which measured 2.5-6% of a procs = 1 yield loop at 1,000 wake-ups a second.
+// A P that turns from dense switching to a long computation within one long sleep can have
+// that G's slice cut short by up to the long cap; nothing ever overstays.
 //
 // Samples are taken without stopping anyone: a P's schedtick or syscalltick that moved
 // between two looks means progress; only an unchanged value across ticks triggers action, and
@@ -79,7 +91,9 @@ void take_preempted(p* pp) {
 // `prev`: the time of the previous look. A tick seen to have moved since then started its slice
 // somewhere after `prev`; counting from `prev` means no G overstays its slice by more than
 // sysmon's own lateness, at the price of cutting some slices short by up to one look interval.
-bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::int64_t* next_deadline) {
+// *stale is set when some running P's stamp is older than `fresh_ns` (see Cadence).
+bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::int64_t fresh_ns,
+            std::int64_t* next_deadline, bool* stale) {
   bool acted = false;
   const bool stopping = sched.state.load(std::memory_order_acquire) != 1;
   for (std::size_t i = 0; i < sched.ps.size(); ++i) {
@@ -124,16 +138,22 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
     if (st != prunning) continue;
     m* mp = pp->curm.load(std::memory_order_relaxed);
     if (!mp) continue;  // between owners
+    // The stamp before the tick: a stamp newer than the tick read belongs to a schedule that
+    // is ending this slice, which the next look sees as a moved tick.
+    const std::int64_t stamp = pp->tick_ns.load(std::memory_order_relaxed);
+    if (now - stamp > fresh_ns) *stale = true;
     std::uint32_t t = pp->schedtick.load(std::memory_order_relaxed);
     if (t != s.schedtick || s.schedwhen == 0) {
       s.schedtick = t;
-      s.schedwhen = prev ? prev : now;
+      s.schedwhen = std::max(prev ? prev : now, std::min(stamp, now));
       s.signalled = 0;
     } else {
       // Backstop for a deferred wake-up (proc.cpp, ready): the readier went on computing
       // without a runtime call, and its hand-off waits while Ps may be idle. A thief's grace
       // check sees the tick standing still and takes it.
       if (pp->defer_wake.load(std::memory_order_relaxed) && pp->q.has_next()) wakep();
+      // The backstop's delay is the look interval: keep it short while a deferral is pending.
+      if (pp->defer_wake.load(std::memory_order_relaxed)) *stale = true;
       if (now - s.schedwhen >= sched.time_slice_ns) {
         // Over its slice. A first request counts as action (sysmon stays alert to hand the P
         // on quickly); repeats for a G that cannot be stopped yet do not, and are rate-limited.
@@ -168,7 +188,8 @@ void sysmon_main() {
   // little more priority than the Ms; elsewhere this fails quietly and it runs as they do.
   setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), -5);
   std::vector<psample> samples(sched.ps.size());
-  const std::int64_t max_sleep = std::clamp<std::int64_t>(sched.time_slice_ns / 10, tick_ns, 10'000'000);
+  const std::int64_t short_cap = std::clamp<std::int64_t>(sched.time_slice_ns / 10, tick_ns, 10'000'000);
+  const std::int64_t long_cap = std::clamp<std::int64_t>(sched.time_slice_ns / 2, tick_ns, 50'000'000);
   std::int64_t sleep = tick_ns;
   // The previous look; at first, and after sleeping with every P idle, when sysmon should have
   // started watching (sched.sysmon_since).
@@ -208,18 +229,20 @@ void sysmon_main() {
     // a poke before it describes state the look sees anyway.
     sched.sysmon_note.clear();
     std::int64_t now = nanotime();
-    std::int64_t deadline = now + max_sleep;
+    std::int64_t deadline = now + long_cap;
     const std::int64_t prev = std::exchange(last_look, now);
-    if (retake(samples, now, prev, &deadline)) {
+    bool stale = false;
+    if (retake(samples, now, prev, short_cap, &deadline, &stale)) {
       idle = 0;
       sleep = tick_ns;
     } else if (++idle > idle_ticks_before_backoff) {
-      sleep = std::min(sleep * 2, max_sleep);
+      sleep = std::min(sleep * 2, long_cap);
     }
+    const std::int64_t nap_ns = std::min(sleep, stale ? short_cap : long_cap);
     // A blocking call seen now is retaken at the next look if still in progress; that look is
     // not brought forward: in a loop of short blocking calls nearly every look sees one, and
     // sysmon would tick every 20 us for nothing.
-    sched.sysmon_note.sleep_until(std::max(std::min(now + sleep, deadline), now + tick_ns));
+    sched.sysmon_note.sleep_until(std::max(std::min(now + nap_ns, deadline), now + tick_ns));
   }
 }
 

@@ -91,6 +91,48 @@ TEST_CASE("procs=1: a G spinning without calls is preempted and another G sets i
   }
 }
 
+// sysmon counts a slice from the later of its previous look and the P's own stamp (tick_ns),
+// and sleeps long while the stamps are fresh (sysmon.cpp, Cadence). Right after a burst of
+// switching the stamp is microseconds old, so a G that then spins keeps its whole slice: a
+// sysmon that counted from its look alone, at the long cadence, would cut it short by up to
+// half a slice.
+TEST_CASE("a G that spins right after a burst of switching keeps its whole slice", "[preempt]") {
+  clean_env env;
+  constexpr auto slice = 20ms;
+  const auto ran = gort::run(cfg(1, slice), [] {
+    std::vector<std::chrono::steady_clock::duration> out;
+    for (int round = 0; round < 5; ++round) {
+      // Long enough for sysmon to back off to its long cap (about 11 ms of quiet looks).
+      const auto until = std::chrono::steady_clock::now() + 30ms;
+      gort::wait_group wg;
+      wg.add(2);
+      for (int k = 0; k < 2; ++k)
+        gort::go([&wg, until] {
+          while (std::chrono::steady_clock::now() < until)
+            for (int i = 0; i < 256; ++i) gort::yield();
+          wg.done();
+        });
+      wg.wait();
+      std::atomic<bool> flag{false};
+      std::atomic<std::int64_t> stopped{0};
+      gort::go([&] {  // runs once the spinner below is preempted: procs = 1
+        stopped.store(std::chrono::steady_clock::now().time_since_epoch().count());
+        flag.store(true);
+      });
+      const auto t0 = std::chrono::steady_clock::now();
+      SPIN(flag);
+      out.push_back(std::chrono::steady_clock::duration(stopped.load()) - t0.time_since_epoch());
+    }
+    return out;
+  });
+  REQUIRE(ran.size() == 5);
+  for (auto d : ran) {
+    INFO("the spinner ran " << (std::chrono::duration<double, std::milli>(d).count()) << " ms");
+    CHECK(d >= slice - 2ms);
+    CHECK(d < slice + 200ms);  // late only by sysmon's wake-up and the signal (loose: sanitizers)
+  }
+}
+
 TEST_CASE("procs=2: four spinners and one setter; every spinner finishes", "[preempt]") {
   clean_env env;
   std::atomic<bool> flag{false};

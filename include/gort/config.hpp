@@ -23,8 +23,9 @@ struct config {
   std::size_t stack_size = 256 * 1024;
   pin_policy pin = pin_policy::none;
   // A G that runs this long without going through the scheduler is preempted (sysmon asks it
-  // to yield; see async_preempt). At least 100 us. Environment GORT_TIME_SLICE overrides, with
-  // a unit: "10ms", "500us".
+  // to yield; see async_preempt), never later than sysmon's own wake-up latency after that,
+  // and at most a tenth of it sooner (up to half, rarely: docs/design.md, sysmon cadence).
+  // At least 100 us. Environment GORT_TIME_SLICE overrides, with a unit: "10ms", "500us".
   std::chrono::nanoseconds time_slice = std::chrono::milliseconds(10);
   // Preempt Gs that never call into the runtime (tight loops) with a signal (SIGURG). Without
   // it, only runtime calls and gort::preempt_point() yield. Environment GORT_ASYNC_PREEMPT=0/1.
