@@ -20,6 +20,14 @@
 #include "pin.hpp"
 #include "sched.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define GORT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define GORT_ASAN 1
+#endif
+#endif
+
 #if GORT_HAVE_VALGRIND
 #include <valgrind/valgrind.h>
 #endif
@@ -1541,6 +1549,18 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   sched.sysmon_since.store(nanotime(), std::memory_order_relaxed);
   runqput(sched.ps[0], mg, false);
   sched.state.store(1, std::memory_order_seq_cst);
+  sched.extra_spares = 0;
+#if GORT_ASAN
+  // Under ASan a starting thread allocates (ASan's thread set-up frees into its quarantine)
+  // before it reaches gort, so it needs the allocator's size-class locks. A G held for
+  // preemption inside ASan's allocator (preempt.cpp) keeps such a lock, and a hand-off that
+  // has to create the M meant to carry a P back to it then hangs at the thread's start: seen
+  // once in CI with 100 us slices. Parked spares make hand-offs reuse threads instead; more
+  // than this many Gs held at once still creates threads, as without ASan. Started before the
+  // first M, so that main_fn sees them all.
+  if (sched.sysmon_on && sched.async_preempt && sched.max_threads >= 64)
+    for (; sched.extra_spares < 16; ++sched.extra_spares) newm(nullptr, false);
+#endif
   if (!newm(sched.ps[0], false)) {
     std::fprintf(stderr, "gort: cannot start the first M\n");
     std::abort();

@@ -249,6 +249,8 @@ struct sched_t {
   std::atomic<g*> main_g{nullptr};
   bool detect_deadlock = true;
   int threads_at_start = 0;  // OS threads of the process when run() began
+  // Parked Ms started with the runtime beyond the one spare (ASan builds: run_main says why).
+  unsigned extra_spares = 0;
 };
 
 extern sched_t sched;
