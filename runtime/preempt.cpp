@@ -40,7 +40,10 @@
 // wants it blocks its M in the kernel, holding that P. sysmon sees that P's tick stand still
 // as well and preempts it too — the signal interrupts the futex wait (SA_RESTART resumes it
 // later) — so its P is handed on, and eventually a P reaches the lock holder's M. The price is
-// threads: one M per G held for preemption, bounded by config.max_threads.
+// threads: one M per G held for preemption, bounded by config.max_threads. The argument
+// assumes a new M can start; a lock that thread start-up itself takes breaks it. Under ASan
+// every starting thread allocates, so a G held inside ASan's allocator could hang the M
+// meant to carry a P back to it: ASan builds start with parked spare Ms (proc.cpp, run_main).
 //
 // SIGURG, like Go: its default action is to ignore it, and programs rarely use it (it signals
 // out-of-band socket data). A handler installed before gort::run is chained: signals that are
