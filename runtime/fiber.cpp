@@ -5,20 +5,7 @@
 #include <cstdlib>
 #include <cxxabi.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define GORT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define GORT_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define GORT_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define GORT_TSAN 1
-#endif
-#endif
+#include "san.hpp"
 
 #if GORT_ASAN
 #include <sanitizer/asan_interface.h>

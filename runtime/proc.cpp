@@ -18,15 +18,8 @@
 #include "gort_build_config.h"
 #include "overflow.hpp"
 #include "pin.hpp"
+#include "san.hpp"
 #include "sched.hpp"
-
-#if defined(__SANITIZE_ADDRESS__)
-#define GORT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define GORT_ASAN 1
-#endif
-#endif
 
 #if GORT_HAVE_VALGRIND
 #include <valgrind/valgrind.h>
@@ -43,7 +36,7 @@ namespace {
 // block; TSan intercepts malloc but not mimalloc, and would take a block freed by one G and
 // reused by another for a race between them.
 bool detect_system_alloc() noexcept {
-#if defined(__SANITIZE_THREAD__)
+#if GORT_TSAN
   return true;
 #elif GORT_HAVE_VALGRIND
   return RUNNING_ON_VALGRIND != 0;
@@ -1540,7 +1533,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   g_prepare(mg, main_body, nullptr, false);
   sched.main_g.store(mg);
   // Threads that are not ours (deadlock.cpp), counted before we create any.
-#if defined(__SANITIZE_THREAD__)
+#if GORT_TSAN
   // TSan starts a background thread of its own at the process's first pthread_create. Make
   // that happen now, so that it is counted here and never passes for a new foreign thread.
   std::thread([] {}).join();

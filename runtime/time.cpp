@@ -34,16 +34,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "san.hpp"
 #include "sched.hpp"
 
-#if defined(__SANITIZE_THREAD__)
-#define GORT_TIME_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define GORT_TIME_TSAN 1
-#endif
-#endif
-#if GORT_TIME_TSAN
+#if GORT_TSAN
 #include <sanitizer/tsan_interface.h>
 #endif
 
@@ -75,14 +69,14 @@ namespace {
 // core freed by one G and its block reused by another would look like a race. Say that a
 // free happens before the next allocation of the same block.
 inline void mem_freeing(void* p) noexcept {
-#if GORT_TIME_TSAN
+#if GORT_TSAN
   __tsan_release(p);
 #else
   (void)p;
 #endif
 }
 inline void mem_reused(void* p) noexcept {
-#if GORT_TIME_TSAN
+#if GORT_TSAN
   __tsan_acquire(p);
 #else
   (void)p;
