@@ -41,6 +41,14 @@ transfer gort_ontop(ctx to, void* data, ontop_fn fn);
 // the calling thread is inherited, as a new thread inherits its creator's.
 ctx gort_make(void* stack_top, entry_fn fn);
 
+// gort_jump's twin, with the same frame and contract (a context saved by either resumes through
+// either), for code where every context suspends through one call site, as a scheduler's single
+// switch function does. It returns into the target with `ret` instead of an indirect `jmp`, so
+// the CPU's return-address predictor stays in step: measured 34.6 -> 18.3 ns per yield on a
+// procs = 1 yield loop. gort_jump stays the better choice for asymmetric pairs (a generator and
+// its consumer switching from different call sites), where that `ret` would mispredict every
+// time. See the x86-64 stub's header; on AArch64 both are the same code.
+transfer gort_jump_ret(ctx to, void* data);
 // Opt-in variant for coroutines that share their thread's FP control state: identical frame,
 // but MXCSR and the x87 control word are neither saved nor restored. Only for contexts that
 // never change rounding modes or FP exception masks (docs/design.md "FP control state").

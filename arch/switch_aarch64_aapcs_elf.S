@@ -83,6 +83,11 @@ FUNC gort_jump
     .globl  gort_jump_shared_fp
     .hidden gort_jump_shared_fp
     .set    gort_jump_shared_fp, gort_jump
+/* gort_jump already ends in `ret`, which keeps the return-address predictor aligned (see the
+ * x86-64 stub for why that matters), so the ret-ending variant is the same code too. */
+    .globl  gort_jump_ret
+    .hidden gort_jump_ret
+    .set    gort_jump_ret, gort_jump
 
 /* transfer gort_ontop(ctx to [x0], void* data [x1], ontop_fn fn [x2])
  * Resumes `to` as if its pending gort_jump had called fn({from, data}): x30 := the target's pc,

@@ -85,14 +85,64 @@ BENCHMARK(BM_gort_jump)->Repetitions(5)->ReportAggregatesOnly(true);
 BENCHMARK(BM_fcontext_jump)->Repetitions(5)->ReportAggregatesOnly(true);
 BENCHMARK(BM_gort_jump_shared_fp)->Repetitions(5)->ReportAggregatesOnly(true);
 
+// The scheduler's shape: both sides run the same loop and switch through one call site, as
+// every G does through fiber::switch_to. Above, the two sides switch from different sites (the
+// benchmark loop and the bouncer), where a stub ending in `jmp` is predicted and one ending in
+// `ret` is not; here it is the other way round, because a `jmp` leaves the return-address
+// predictor one entry behind (see arch/switch_x86_64_sysv_elf.S). Each side keeps its peer in
+// its own `side`; the data word carries the starter's to the fresh bouncer.
+constexpr long same_site_rounds = 1000;  // round trips per benchmark iteration
+
+template <class Jump>
+struct side {
+  void* peer;
+  Jump jump;
+};
+
+[[gnu::noipa]] void* same_site_switch(side<stub>& s) { return s.jump(s.peer, &s).from; }
+[[gnu::noipa]] void* same_site_switch(side<bc::transfer_t (*)(bc::fcontext_t, void*)>& s) {
+  return s.jump(s.peer, &s).fctx;
+}
+template <class Jump>
+[[gnu::noipa]] void same_site_loop(side<Jump>& s, long n) {
+  for (long i = 0; i < n; ++i) s.peer = same_site_switch(s);
+}
+
+template <stub J>
+void same_site_bouncer(transfer t) {
+  side<stub> s{t.from, J};
+  same_site_loop(s, -1ul >> 1);
+}
+void same_site_bouncer_fcontext(bc::transfer_t t) {
+  side<bc::transfer_t (*)(bc::fcontext_t, void*)> s{t.fctx, bc::jump_fcontext};
+  same_site_loop(s, -1ul >> 1);
+}
+
+template <stub J>
+void BM_same_site_gort(benchmark::State& state) {
+  side<stub> s{gort_make(new_stack_top(), same_site_bouncer<J>), J};
+  for (auto _ : state) same_site_loop(s, same_site_rounds);
+}
+void BM_same_site_fcontext(benchmark::State& state) {
+  side<bc::transfer_t (*)(bc::fcontext_t, void*)> s{
+      bc::make_fcontext(new_stack_top(), stack_bytes, same_site_bouncer_fcontext), bc::jump_fcontext};
+  for (auto _ : state) same_site_loop(s, same_site_rounds);
+}
+BENCHMARK(BM_same_site_gort<gort_jump>)->Name("BM_same_site_gort_jump")->Repetitions(5)->ReportAggregatesOnly(true);
+BENCHMARK(BM_same_site_gort<gort_jump_ret>)->Name("BM_same_site_gort_jump_ret")->Repetitions(5)->ReportAggregatesOnly(true);
+BENCHMARK(BM_same_site_fcontext)->Name("BM_same_site_fcontext")->Repetitions(5)->ReportAggregatesOnly(true);
+
 // Keeps the medians so the ratio can be printed after the table.
 class ratio_reporter : public benchmark::ConsoleReporter {
  public:
   std::map<std::string, double> median_ns;
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& r : runs)
-      if (r.aggregate_name == "median")
-        median_ns[r.run_name.function_name] = r.GetAdjustedRealTime() / 2;  // per switch
+      if (r.aggregate_name == "median") {
+        const bool same_site = r.run_name.function_name.rfind("BM_same_site", 0) == 0;
+        median_ns[r.run_name.function_name] =  // per switch
+            r.GetAdjustedRealTime() / (same_site ? 2.0 * same_site_rounds : 2.0);
+      }
     ConsoleReporter::ReportRuns(runs);
   }
 };
@@ -144,6 +194,11 @@ int main(int argc, char** argv) {
   std::printf("\nper switch (median of 5)   gort %.2f ns   fcontext %.2f ns   gort shared-FP %.2f ns\n",
               g, f, s);
   if (f > 0) std::printf("ratio time gort/fcontext: %.3f   (shared-FP/fcontext: %.3f)\n", g / f, s / f);
+  auto sj = rep.median_ns["BM_same_site_gort_jump"], sr = rep.median_ns["BM_same_site_gort_jump_ret"],
+       sf = rep.median_ns["BM_same_site_fcontext"];
+  std::printf("same call site, the scheduler's shape (median of 5)   gort_jump_ret %.2f ns   gort_jump %.2f ns   fcontext %.2f ns\n",
+              sr, sj, sf);
+  if (sf > 0) std::printf("ratio time gort_jump_ret/fcontext, same call site: %.3f\n", sr / sf);
 
   if (std::system("valgrind --version >/dev/null 2>&1") == 0) {
     double ig = instructions_per_switch(argv[0], "gort");

@@ -116,10 +116,10 @@ void fiber::destroy() noexcept {
   owns_tsan = false;
 }
 
-void fiber::switch_to(fiber& to, eh_globals* teh) noexcept {
+void fiber::switch_to(fiber& to, eh_globals* teh, bool final) noexcept {
   hop h{this, &to};
-  before_jump(*this, to, teh, false);
-  arch::transfer t = arch::gort_jump(to.ctx, &h);
+  before_jump(*this, to, teh, final);
+  arch::transfer t = arch::gort_jump_ret(to.ctx, &h);
   arrive(*this, t);
 }
 
@@ -131,9 +131,7 @@ void fiber::switch_to_shared_fp(fiber& to, eh_globals* teh) noexcept {
 }
 
 void fiber::exit_to(fiber& to, eh_globals* teh) noexcept {
-  hop h{this, &to};
-  before_jump(*this, to, teh, true);
-  arch::gort_jump(to.ctx, &h);
+  switch_to(to, teh, true);
   std::abort();  // a finished fiber is never resumed
 }
 

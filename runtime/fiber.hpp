@@ -79,7 +79,9 @@ struct fiber {
   // Switches from this (running) fiber to `to` (suspended). `teh` is the running thread's
   // exception globals (thread_eh_globals() of the current thread). Returns when some fiber
   // switches back to this one, possibly on another thread.
-  void switch_to(fiber& to, eh_globals* teh) noexcept;
+  // `final`: this fiber is finished and never resumed (as exit_to, which see); the scheduler
+  // passes it here instead of calling exit_to so that every switch goes through one call site.
+  void switch_to(fiber& to, eh_globals* teh, bool final = false) noexcept;
 
   // Final switch of a finished fiber: like switch_to, but never returns, and tells ASan to
   // drop this fiber's fake stack.

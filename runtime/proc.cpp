@@ -706,7 +706,7 @@ top:
 // `fire`: run due timers here. Not when a G is parking: its commit has not run yet, so it may
 // still hold the lock of the very object a timer's fire touches (a channel, a mutex). Then due
 // timers send us through g0, whose findrunnable runs them after the commit.
-g* fast_next(p* pp, bool fire) {
+[[gnu::noinline]] g* fast_next_full(p* pp, bool fire) {
   if (sched.state.load(std::memory_order_relaxed) != 1) return nullptr;
   std::int64_t now = 0;
   if (fire) {
@@ -744,6 +744,18 @@ g* fast_next(p* pp, bool fire) {
   return pp->q.get(inherit, alone);
 }
 
+// The common case inline (no timer armed on this P, not the 1-in-61 look): a few loads and the
+// run-queue pop, so that yield and park pay no call frame for it; everything else in
+// fast_next_full, out of line.
+inline g* fast_next(p* pp, bool fire) {
+  if (pp->tm.next() != 0 || pp->global_countdown == 1 ||
+      sched.state.load(std::memory_order_relaxed) != 1) [[unlikely]]
+    return fast_next_full(pp, fire);
+  --pp->global_countdown;
+  bool inherit;
+  return pp->q.get(inherit, sched.nprocs == 1);
+}
+
 }  // namespace
 
 void execute_on(m* mp, g* next) {
@@ -760,7 +772,7 @@ namespace {
 // The G a leaving G switches to directly: a local one, or null to go through g0 — always when
 // mp is wired to its G, and when the next G is wired to another M (then mp->handoff carries it
 // to g0, which hands it over).
-g* next_here(m* mp, bool fire) {
+inline g* next_here(m* mp, bool fire) {
   if (mp->lockedg) return nullptr;
   g* next = fast_next(mp->curp, fire);
   if (next && next->lockedm && next->lockedm != mp) {
@@ -793,8 +805,10 @@ void leave_to(m* mp, g* gp, g* next, transition tr, bool dying) {
     mp->curg = nullptr;
     to = &mp->g0;
   }
-  if (dying) gp->fib.exit_to(*to, mp->eh);
-  gp->fib.switch_to(*to, mp->eh);
+  // One call for both cases: every resume then returns through the same call sites, which keeps
+  // the CPU's return-address predictor right (arch::gort_jump_ret).
+  gp->fib.switch_to(*to, mp->eh, dying);
+  if (dying) std::abort();  // a finished G is never resumed
 }
 
 namespace {

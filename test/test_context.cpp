@@ -40,10 +40,12 @@ void reg_b_entry(transfer t) {
   for (;;) s.mask_b |= gort_test_regs_roundtrip(&s.peer, 2, mxcsr_b, fpcw_b, s.jump);
 }
 
-std::uint64_t run_reg_test(transfer (*jump)(ctx, void*), std::uint64_t& mask_b, int rounds) {
+// A switches with `jump`, B with `jump_b` (the same stub unless given).
+std::uint64_t run_reg_test(transfer (*jump)(ctx, void*), std::uint64_t& mask_b, int rounds,
+                           transfer (*jump_b)(ctx, void*) = nullptr) {
   test_stack st;
   reg_test s;
-  s.jump = jump;
+  s.jump = jump_b ? jump_b : jump;
   rt_state = &s;
   s.peer = gort_make(st.top(), reg_b_entry);
   std::uint64_t mask_a = 0;
@@ -63,6 +65,25 @@ constexpr std::uint64_t fp_bits = 0;  // AArch64: no callee-saved FP control reg
 TEST_CASE("every callee-saved register survives a switch, both ways", "[context]") {
   std::uint64_t mask_b = ~0ull;
   std::uint64_t mask_a = run_reg_test(gort_jump, mask_b, 1000);
+  CHECK(mask_a == 0);
+  CHECK(mask_b == 0);
+}
+
+TEST_CASE("gort_jump_ret keeps every callee-saved register, both ways", "[context]") {
+  std::uint64_t mask_b = ~0ull;
+  std::uint64_t mask_a = run_reg_test(gort_jump_ret, mask_b, 1000);
+  CHECK(mask_a == 0);
+  CHECK(mask_b == 0);
+}
+
+TEST_CASE("a context saved by gort_jump resumes through gort_jump_ret and back", "[context]") {
+  // One frame layout, two endings: the scheduler relies on being able to mix them.
+  std::uint64_t mask_b = ~0ull;
+  std::uint64_t mask_a = run_reg_test(gort_jump, mask_b, 1000, gort_jump_ret);
+  CHECK(mask_a == 0);
+  CHECK(mask_b == 0);
+  mask_b = ~0ull;
+  mask_a = run_reg_test(gort_jump_ret, mask_b, 1000, gort_jump);
   CHECK(mask_a == 0);
   CHECK(mask_b == 0);
 }
