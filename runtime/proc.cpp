@@ -159,20 +159,25 @@ void runqput_slow(p* pp, g* gp, bool back) {
 // Owner P only. next: into runnext (the G it displaces goes to the ring's new end); else at
 // the ring's old end, the back of the line (see runq.hpp). False when gp went into an empty
 // runnext and the ring got nothing.
-bool runqput(p* pp, g* gp, bool next) {
-  const bool alone = sched.nprocs == 1;
-  if (next) {
-    gp = pp->q.put_next(gp, alone);
-    if (!gp) return false;
-    gp->queued_at.store(pp->tick_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    if (!pp->q.put(gp, alone)) runqput_slow(pp, gp, false);
-    return true;
-  }
+// The back-of-the-line half of runqput, inline for yield's after-switch commit.
+inline void runqput_back(p* pp, g* gp) {
   // The old end stays sorted by stamp (runq.hpp): no newer than the G it goes behind.
   std::int64_t stamp = pp->tick_ns.load(std::memory_order_relaxed);
   if (g* old = pp->q.peek_oldest()) stamp = std::min(stamp, old->queued_at.load(std::memory_order_relaxed));
   gp->queued_at.store(stamp, std::memory_order_relaxed);
-  if (!pp->q.put_back(gp, alone)) runqput_slow(pp, gp, true);
+  if (!pp->q.put_back(gp, sched.nprocs == 1)) [[unlikely]] runqput_slow(pp, gp, true);
+}
+
+bool runqput(p* pp, g* gp, bool next) {
+  if (!next) {
+    runqput_back(pp, gp);
+    return true;
+  }
+  const bool alone = sched.nprocs == 1;
+  gp = pp->q.put_next(gp, alone);
+  if (!gp) return false;
+  gp->queued_at.store(pp->tick_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  if (!pp->q.put(gp, alone)) runqput_slow(pp, gp, false);
   return true;
 }
 
@@ -1090,7 +1095,7 @@ void park_commit(fiber* f, void* arg) {
 void yield_commit(fiber* f, void* arg) {
   g* gp = g_of(f);
   gp->status.store(gstatus::runnable, std::memory_order_relaxed);
-  runqput(static_cast<p*>(arg), gp, false);
+  runqput_back(static_cast<p*>(arg), gp);
 }
 
 // A cooperative preemption's: to the global queue, as Go's is (see preempt_check).
@@ -1133,13 +1138,9 @@ void park(const char* reason, transition commit) noexcept {
 }
 
 namespace {
-void yield_via(bool global) noexcept {
-  m* mp = getm();
-  g* gp = mp ? mp->curg : nullptr;
-  if (!gp) {
-    std::this_thread::yield();
-    return;
-  }
+// Every case of a yield: the global-queue variant (preemption), a wired M or G, timers or the
+// 1-in-61 look due, nothing else to run, shutdown.
+[[gnu::noinline]] void yield_full(m* mp, g* gp, bool global) noexcept {
   nopreempt_scope np(gp);
   p* pp = mp->curp;
   transition tr = global ? transition{yield_global_commit, nullptr} : transition{yield_commit, pp};
@@ -1158,6 +1159,36 @@ void yield_via(bool global) noexcept {
     return;
   }
   switch_g(mp, gp, next, tr);
+}
+
+// The common case, a plain yield with a local G to switch to, is fast_next's inline path
+// repeated here with as little live state as possible; anything else goes to yield_full.
+void yield_via(bool global) noexcept {
+  m* mp = getm();
+  g* gp = mp ? mp->curg : nullptr;
+  if (!gp) {
+    std::this_thread::yield();
+    return;
+  }
+  nopreempt_scope np(gp);  // before reading curp: a preemption could hand the P away
+  p* pp = mp->curp;
+  if (global || mp->lockedg || pp->tm.next() != 0 || pp->global_countdown == 1 ||
+      sched.state.load(std::memory_order_relaxed) != 1) [[unlikely]]
+    return yield_full(mp, gp, global);
+  --pp->global_countdown;
+  bool inherit;
+  g* next = pp->q.get(inherit, sched.nprocs == 1);
+  if (!next) [[unlikely]] {
+    // Nothing else to run: still a scheduling point (yield_full).
+    pp->schedtick.store(pp->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    return;
+  }
+  if (next->lockedm && next->lockedm != mp) [[unlikely]] {
+    mp->handoff = next;  // wired to another M: g0 hands it over (next_here)
+    leave_to(mp, gp, nullptr, {yield_commit, pp}, false);
+    return;
+  }
+  switch_g(mp, gp, next, {yield_commit, pp});
 }
 }  // namespace
 
