@@ -1138,32 +1138,21 @@ void park(const char* reason, transition commit) noexcept {
 }
 
 namespace {
-// Every case of a yield: the global-queue variant (preemption), a wired M or G, timers or the
-// 1-in-61 look due, nothing else to run, shutdown.
-[[gnu::noinline]] void yield_full(m* mp, g* gp, bool global) noexcept {
-  nopreempt_scope np(gp);
-  p* pp = mp->curp;
-  transition tr = global ? transition{yield_global_commit, nullptr} : transition{yield_commit, pp};
-  g* next = next_here(mp, true);
-  if (!next) {
-    // Nothing else runs here: carry on, unless the runtime is stopping (then g0 must get
-    // control back so the M can exit), or g0 has a G to hand to its M, or this G is wired to
-    // this M (its yield goes through the queue like anyone's, and g0 waits for it).
-    if (!mp->handoff && !mp->lockedg && sched.state.load(std::memory_order_relaxed) == 1) {
-      // Still a scheduling point, as Go's Gosched is: a new slice, so sysmon does not signal a
-      // G that yields often but finds nobody else to run.
-      pp->schedtick.store(pp->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      return;
-    }
-    leave_to(mp, gp, nullptr, tr, false);
+// A yield that found no local G to switch to (next_here returned null): carry on, unless the
+// runtime is stopping (then g0 must get control back so the M can exit), or g0 has a G to hand
+// to its M, or this G is wired to this M (its yield goes through the queue like anyone's, and
+// g0 waits for it). Out of line, so that the common case keeps few values live.
+[[gnu::noinline]] void yield_to_g0(m* mp, g* gp, p* pp, transition tr) noexcept {
+  if (!mp->handoff && !mp->lockedg && sched.state.load(std::memory_order_relaxed) == 1) {
+    // Still a scheduling point, as Go's Gosched is: a new slice, so sysmon does not signal a
+    // G that yields often but finds nobody else to run.
+    pp->schedtick.store(pp->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     return;
   }
-  switch_g(mp, gp, next, tr);
+  leave_to(mp, gp, nullptr, tr, false);
 }
 
-// The common case, a plain yield with a local G to switch to, is fast_next's inline path
-// repeated here with as little live state as possible; anything else goes to yield_full.
-void yield_via(bool global) noexcept {
+[[gnu::always_inline]] inline void yield_via(bool global) noexcept {
   m* mp = getm();
   g* gp = mp ? mp->curg : nullptr;
   if (!gp) {
@@ -1172,23 +1161,11 @@ void yield_via(bool global) noexcept {
   }
   nopreempt_scope np(gp);  // before reading curp: a preemption could hand the P away
   p* pp = mp->curp;
-  if (global || mp->lockedg || pp->tm.next() != 0 || pp->global_countdown == 1 ||
-      sched.state.load(std::memory_order_relaxed) != 1) [[unlikely]]
-    return yield_full(mp, gp, global);
-  --pp->global_countdown;
-  bool inherit;
-  g* next = pp->q.get(inherit, sched.nprocs == 1);
-  if (!next) [[unlikely]] {
-    // Nothing else to run: still a scheduling point (yield_full).
-    pp->schedtick.store(pp->schedtick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    return;
-  }
-  if (next->lockedm && next->lockedm != mp) [[unlikely]] {
-    mp->handoff = next;  // wired to another M: g0 hands it over (next_here)
-    leave_to(mp, gp, nullptr, {yield_commit, pp}, false);
-    return;
-  }
-  switch_g(mp, gp, next, {yield_commit, pp});
+  transition tr = global ? transition{yield_global_commit, nullptr} : transition{yield_commit, pp};
+  g* next = next_here(mp, true);
+  if (!next) [[unlikely]]
+    return yield_to_g0(mp, gp, pp, tr);
+  switch_g(mp, gp, next, tr);
 }
 }  // namespace
 
