@@ -60,7 +60,7 @@ bool all_asleep(snapshot* snap) {
     return false;
   bool waiting = false;
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     for (g* gp : sched.allg) {
       gstatus st = gp->status.load(std::memory_order_acquire);
       if (st == gstatus::running || st == gstatus::runnable) return false;
@@ -90,7 +90,7 @@ void describe_site(const void* at, char* buf, std::size_t n) {
 
 [[noreturn]] void report() {
   std::fprintf(stderr, "gort: all goroutines are asleep - deadlock!\n");
-  std::lock_guard<spinlock> l(sched.lock);
+  spin_guard l(sched.lock);
   for (g* gp : sched.allg) {
     if (gp->status.load(std::memory_order_acquire) != gstatus::waiting) continue;
     const char* why = gp->wait_reason ? gp->wait_reason : "waiting";

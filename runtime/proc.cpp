@@ -111,7 +111,7 @@ void globrunqput_batch(g* head, g* tail, std::uint32_t n) {
 }  // namespace
 
 void globrunqput(g* gp) {
-  std::lock_guard<spinlock> l(sched.lock);
+  spin_guard l(sched.lock);
   globrunqput_batch(gp, gp, 1);
 }
 
@@ -150,7 +150,7 @@ void runqput_slow(p* pp, g* gp, bool back) {
     }
     batch[n++] = gp;
     for (std::uint32_t i = 0; i + 1 < n; ++i) batch[i]->schedlink = batch[i + 1];
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     globrunqput_batch(batch[0], batch[n - 1], n);
     return;
   }
@@ -300,7 +300,7 @@ void startm(p* pp, bool spinning);
 m* newm(p* pp, bool spinning) {
   std::size_t nm;
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     nm = sched.ms.size();
   }
   if (nm >= sched.max_threads) die_threads();
@@ -309,7 +309,7 @@ m* newm(p* pp, bool spinning) {
   mp->rand = 0x9E3779B97F4A7C15ull * (std::uint64_t{mp->id} + 1) ^ reinterpret_cast<std::uintptr_t>(mp);
   mp->nextp_store(pp);
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     mp->id = static_cast<std::uint32_t>(sched.ms.size());
     sched.ms.push_back(mp);
   }
@@ -320,7 +320,7 @@ m* newm(p* pp, bool spinning) {
     // No thread: undo, give the P back. The work stays queued for the Ms that exist.
     std::fprintf(stderr, "gort: warning: cannot start an M thread: %s\n", e.what());
     sched.nmrunning.fetch_sub(1);
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     sched.ms.pop_back();
     if (pp) pidleput(pp);
     if (spinning) sched.nmspinning.fetch_sub(1);
@@ -335,7 +335,7 @@ m* newm(p* pp, bool spinning) {
 void startm(p* pp, bool spinning) {
   m* nm;
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     if (!pp) {
       pp = pidleget();
       if (!pp) {
@@ -360,7 +360,7 @@ void startm(p* pp, bool spinning) {
 bool acquire_idle_p(m* mp) {
   p* pp;
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     pp = pidleget();
   }
   if (pp) acquirep(mp, pp);
@@ -383,7 +383,7 @@ namespace {
 // Parks the M until startm hands it a P. Returns false on shutdown.
 bool stopm(m* mp) {
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     mput(mp);
   }
   p* pp = await_p(mp);
@@ -397,7 +397,7 @@ enum class timed_stop { got_p, woke, shutdown };
 // holds no P and is off the idle list.
 timed_stop stopm_until(m* mp, std::int64_t until) {
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     mput(mp);
   }
   // No park.clear() here: park_idle cleared it before publishing this M as the timer sleeper,
@@ -409,7 +409,7 @@ timed_stop stopm_until(m* mp, std::int64_t until) {
     }
     if (sched.state.load(std::memory_order_acquire) != 1) return timed_stop::shutdown;
     mp->park.sleep_until(until);  // woken, poked or timed out: the checks below tell which
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     if (mp->nextp_peek()) continue;  // claimed by startm meanwhile: take the P above
     mremove(mp);
     return timed_stop::woke;
@@ -419,7 +419,7 @@ timed_stop stopm_until(m* mp, std::int64_t until) {
 }  // namespace
 
 p* take_idle_p(p* prefer) {
-  std::lock_guard<spinlock> l(sched.lock);
+  spin_guard l(sched.lock);
   if (prefer && pidleremove(prefer)) return prefer;
   return pidleget();
 }
@@ -442,7 +442,7 @@ void handoffp(p* pp) {
   std::int64_t when = 0;
   bool work;
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     work = sched.nglobal.load(std::memory_order_relaxed) != 0;
     if (!work) {
       when = pp->tm.next();
@@ -463,7 +463,7 @@ bool stoplockedm(m* mp) {
     if (sched.state.load(std::memory_order_acquire) == 1) {
       handoffp(releasep(mp));
     } else {
-      std::lock_guard<spinlock> l(sched.lock);
+      spin_guard l(sched.lock);
       pidleput(releasep(mp));
     }
   }
@@ -611,7 +611,7 @@ bool park_idle(m* mp) {
       return true;
     }
     if (r == timed_stop::shutdown) {
-      std::lock_guard<spinlock> l(sched.lock);
+      spin_guard l(sched.lock);
       mremove(mp);
       return false;
     }
@@ -629,7 +629,7 @@ g* findrunnable(m* mp) {
 top:
   if (sched.state.load(std::memory_order_acquire) != 1) {
     if (mp->curp) {
-      std::lock_guard<spinlock> l(sched.lock);
+      spin_guard l(sched.lock);
       pidleput(releasep(mp));
     }
     return nullptr;
@@ -643,7 +643,7 @@ top:
   if (g* gp = pp->q.get(inherit)) return gp;
 
   if (sched.nglobal.load(std::memory_order_acquire)) {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     if (g* gp = globrunqget(pp, 0)) return gp;
   }
 
@@ -664,7 +664,7 @@ top:
       for (int i = 0; i < 64; ++i) cpu_relax();
       if (g* gp = pp->q.get(inherit)) return gp;
       if (sched.nglobal.load(std::memory_order_acquire)) {
-        std::lock_guard<spinlock> l(sched.lock);
+        spin_guard l(sched.lock);
         if (g* gp = globrunqget(pp, 0)) return gp;
       }
       if (g* gp = steal_work(mp, pp)) return gp;
@@ -674,7 +674,7 @@ top:
   // Nothing. Give the P back, then look once more: work published between our checks and the
   // pidleput would otherwise be missed (its publisher saw no idle P and woke nobody).
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     if (sched.nglobal.load(std::memory_order_relaxed)) {
       if (g* gp = globrunqget(pp, 0)) return gp;
     }
@@ -729,7 +729,7 @@ top:
     const std::int64_t tick = nanotime();
     pp->tick_ns.store(tick, std::memory_order_relaxed);
     if (sched.nglobal.load(std::memory_order_relaxed)) {
-      std::lock_guard<spinlock> l(sched.lock);
+      spin_guard l(sched.lock);
       if (g* gp = globrunqget(pp, 1)) return gp;
     }
     // At most one such pick per stale_period: in a long fork-join run every deferred sibling
@@ -903,7 +903,7 @@ void gfput(p* pp, g* gp) {
   gp->status.store(gstatus::idle, std::memory_order_relaxed);
   if (!pp) {
     gp->schedlink = nullptr;
-    std::lock_guard<spinlock> l(sched.gfree_lock);
+    spin_guard l(sched.gfree_lock);
     gfpush_chain(gp, 1);
     return;
   }
@@ -916,7 +916,7 @@ void gfput(p* pp, g* gp) {
     pp->gfree = last->schedlink;
     pp->ngfree -= gfree_max / 2;
     last->schedlink = nullptr;
-    std::lock_guard<spinlock> l(sched.gfree_lock);
+    spin_guard l(sched.gfree_lock);
     gfpush_chain(head, gfree_max / 2);
   }
 }
@@ -924,7 +924,7 @@ void gfput(p* pp, g* gp) {
 g* gfget(p* pp) {
   if (pp && !pp->gfree) {
     if (sched.ngfree.load(std::memory_order_relaxed) == 0) return nullptr;
-    std::lock_guard<spinlock> l(sched.gfree_lock);
+    spin_guard l(sched.gfree_lock);
     if (!sched.gfree) return nullptr;
     pp->gfree = gfget_chain(pp->ngfree);
   }
@@ -937,7 +937,7 @@ g* gfget(p* pp) {
     return gp;
   }
   if (!pp) {
-    std::lock_guard<spinlock> l(sched.gfree_lock);
+    spin_guard l(sched.gfree_lock);
     if (!sched.gfree) return nullptr;
     std::uint32_t n;
     g* gp = gfget_chain(n);
@@ -964,7 +964,7 @@ std::size_t scavenge_gs() noexcept {
   g* chains = nullptr;  // detached chains, linked through gfree_next_chain
   std::uint32_t taken = 0;
   {
-    std::lock_guard<spinlock> l(sched.gfree_lock);
+    spin_guard l(sched.gfree_lock);
     const std::uint32_t low = sched.ngfree_low;
     const std::uint32_t want = low > scavenge_keep ? (low - scavenge_keep + 1) / 2 : 0;
     while (taken < want && sched.gfree) {
@@ -984,7 +984,7 @@ std::size_t scavenge_gs() noexcept {
   g* h = chains;
   g* gp = h;
   while (gp) {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     for (std::uint32_t k = 0; k < batch && gp; ++k) {
       g* last = sched.allg.back();
       sched.allg[gp->allg_index] = last;
@@ -1016,7 +1016,7 @@ g* gcreate() {
   void* at = static_cast<char*>(s.top()) - g_reserve;
   g* gp = ::new (at) g;
   gp->stk = s;
-  std::lock_guard<spinlock> l(sched.lock);
+  spin_guard l(sched.lock);
   gp->allg_index = static_cast<std::uint32_t>(sched.allg.size());
   sched.allg.push_back(gp);
   return gp;
@@ -1595,14 +1595,14 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   while (sched.foreign.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   std::vector<m*> ms;
   {
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     ms = sched.ms;
   }
   for (;;) {
     for (m* mp : ms) mp->park.wakeup();
     if (sched.nmrunning.load() == 0) break;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
-    std::lock_guard<spinlock> l(sched.lock);
+    spin_guard l(sched.lock);
     ms = sched.ms;
   }
   sysmon_stop();  // before the joins: it may still be signalling a thread on its way out

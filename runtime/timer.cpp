@@ -41,7 +41,7 @@ void timers::down(std::size_t i) noexcept {
 }
 
 bool timers::add(timer* t) {
-  std::lock_guard<spinlock> l(mu_);
+  spin_guard l(mu_);
   t->heap.store(this, std::memory_order_relaxed);
   t->seq = seq_++;
   heap_.push_back(t);
@@ -51,7 +51,7 @@ bool timers::add(timer* t) {
 }
 
 bool timers::remove(timer* t) noexcept {
-  std::lock_guard<spinlock> l(mu_);
+  spin_guard l(mu_);
   std::int32_t i = t->idx;
   if (i < 0 || static_cast<std::size_t>(i) >= heap_.size() || heap_[static_cast<std::size_t>(i)] != t)
     return false;
@@ -74,7 +74,7 @@ int timers::run(std::int64_t now) {
   for (;;) {
     timer* t;
     {
-      std::lock_guard<spinlock> l(mu_);
+      spin_guard l(mu_);
       if (heap_.empty() || heap_[0]->when > now) {
         publish();
         return fired;
@@ -100,12 +100,12 @@ int timers::run(std::int64_t now) {
 }
 
 std::size_t timers::size() const noexcept {
-  std::lock_guard<spinlock> l(mu_);
+  spin_guard l(mu_);
   return heap_.size();
 }
 
 void timers::clear() noexcept {
-  std::lock_guard<spinlock> l(mu_);
+  spin_guard l(mu_);
   for (timer* t : heap_) {
     t->idx = -1;
     t->heap.store(nullptr, std::memory_order_relaxed);
