@@ -1,25 +1,23 @@
-// gort: the public API's out-of-line half (include/gort/gort.hpp), on top of the scheduler.
+// gort: the public API's out-of-line half (include/gort/gort.hpp) on top of the scheduler:
+// run, yield, sleep, procs, wait_group and thread. The G lifecycle half is in g.cpp.
 #include <system_error>
 #include <thread>
 
-#include "sched.hpp"
+#include "boot.hpp"
+#include "proc.hpp"
+#include "timer_sleeper.hpp"
+#include "wait.hpp"
 
 namespace gort {
 
 namespace rt {
 namespace {
 
-inline g* as_g(gort::detail::gdesc* d) noexcept { return reinterpret_cast<g*>(d); }
-inline const g* as_g(const gort::detail::gdesc* d) noexcept { return reinterpret_cast<const g*>(d); }
-
-void sleep_fire(timer* t) { ready(static_cast<g*>(t->arg), false); }
+void sleep_fire(timer* t) { ready(static_cast<g*>(t->arg), queue_at::back); }
 
 // Arms the sleep timer once the G is off its stack, so the timer cannot ready it early.
 void sleep_commit(fiber* f, void*) {
-  g* gp = g_of(f);
-  p* pp = getm()->curp;
-  const std::int64_t when = gp->sleep_timer.when;  // the G may run (and re-arm) once it is added
-  if (pp->tm.add(&gp->sleep_timer)) timer_armed(when);
+  arm_timer(getm()->curp, &g_of(f)->sleep_timer);
 }
 
 // wait_group's lock: held for a few instructions, never across a block (park releases it once
@@ -31,48 +29,8 @@ void unlock_commit(fiber*, void* l) { spin_unlock(*static_cast<std::atomic<std::
 
 namespace detail {
 
-// Every entry point opens a nopreempt_scope before touching runtime state (sched.hpp).
-
-gdesc* g_new(std::size_t size, std::size_t align, void** frame) {
-  rt::preempt_check();  // a loop that only spawns must still yield its slice
-  rt::nopreempt_scope np;
-  rt::g* gp = rt::g_reserve_new(size, align, frame);
-  rt::g* parent = rt::getg();
-  gp->parent = parent ? parent->id : 0;
-  // g_new is called from the launch template, which is inlined into the caller of go/spawn:
-  // this return address points into the user's function.
-  gp->created_at = __builtin_return_address(0);
-  return reinterpret_cast<gdesc*>(gp);
-}
-void g_start(gdesc* g, body_fn body, destroy_fn destroy, bool joinable) noexcept {
-  bool spilled;
-  {
-    rt::nopreempt_scope np;
-    spilled = rt::g_launch(rt::as_g(g), body, destroy, joinable);
-  }
-  // Back-pressure: a G whose spawning filled its P's queue lets what it spawned run (it goes to
-  // the back of the line), instead of creating Gs faster than anyone runs them, each holding a
-  // stack. Without it a loop spawning 1M short Gs keeps tens of thousands alive at once and
-  // pays for as many fresh stacks (docs/design.md, "Spawn back-pressure").
-  if (spilled) rt::give_way();
-}
-void g_discard(gdesc* g) noexcept {
-  rt::nopreempt_scope np;
-  rt::g_unreserve(rt::as_g(g));
-}
-void g_join(gdesc* g) {
-  rt::nopreempt_scope np;
-  rt::g_join_wait(rt::as_g(g));
-}
-void g_release(gdesc* g) noexcept {
-  rt::nopreempt_scope np;
-  rt::g_drop(rt::as_g(g));
-}
-std::uint64_t g_id(const gdesc* g) noexcept { return rt::as_g(g)->id; }
-std::uint64_t current_g_id() noexcept {
-  rt::g* gp = rt::getg();
-  return gp ? gp->id : 0;
-}
+// Every entry point opens a nopreempt_scope before touching runtime state (sched.hpp). The
+// G lifecycle entry points (g_new ... g_release) are in g.cpp.
 
 void run_main(const config& cfg, body_fn body, void* frame) { rt::run_main(cfg, body, frame); }
 
@@ -96,7 +54,7 @@ void sleep_until_steady(std::int64_t steady_ns) {
 }
 
 unsigned procs() {
-  if (rt::sched.state.load(std::memory_order_acquire) != 1)
+  if (!rt::running())
     throw std::logic_error("gort::procs: no runtime is running");
   return rt::sched.nprocs;
 }

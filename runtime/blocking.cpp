@@ -12,7 +12,9 @@
 // in use elsewhere at any moment, so runtime code reached from inside the call must not touch
 // it. gort primitives used from there block the thread, as they would on any foreign thread.
 #include "gort/gort.hpp"
-#include "sched.hpp"
+#include "m.hpp"
+#include "g.hpp"
+#include "proc.hpp"
 
 namespace gort {
 
@@ -20,7 +22,7 @@ namespace rt {
 namespace {
 
 // After the G is off its stack (on its M's g0, which holds no P): queue it for any M.
-void requeue_commit(fiber* f, void*) { ready(g_of(f), false); }
+void requeue_commit(fiber* f, void*) { requeue(g_of(f), queue_at::back); }
 
 }  // namespace
 }  // namespace rt
@@ -42,8 +44,10 @@ void* blocking_enter() noexcept {
   mp->oldp = pp;
   mp->curg = nullptr;
   mp->curp = nullptr;
-  pp->syscalltick.store(pp->syscalltick.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  pp->status.store(rt::psyscall, std::memory_order_release);
+  const std::uint32_t tick = pp->syscalltick.load(std::memory_order_relaxed) + 1;
+  pp->syscalltick.store(tick, std::memory_order_relaxed);
+  mp->oldp_word = rt::psyscall_word(tick);
+  pp->status.store(mp->oldp_word, std::memory_order_release);
   return gp;
 }
 
@@ -52,7 +56,7 @@ void blocking_exit(void* token) noexcept {
   auto* gp = static_cast<rt::g*>(token);
   rt::m* mp = rt::getm();
   rt::p* pp = std::exchange(mp->oldp, nullptr);
-  std::uint32_t s = rt::psyscall;
+  std::uint32_t s = mp->oldp_word;
   if (pp->status.compare_exchange_strong(s, rt::prunning, std::memory_order_acq_rel)) {
     // Nobody took it: carry on where we were (same time slice, same tick).
     mp->curp = pp;
@@ -62,14 +66,14 @@ void blocking_exit(void* token) noexcept {
   // sysmon handed our P to another M meanwhile.
   if (rt::p* np = rt::take_idle_p(pp)) {
     rt::acquirep(mp, np);
-    rt::execute_on(mp, gp);
+    rt::resume_on(mp, gp);
     return;
   }
   // No P anywhere: off to the global queue, and this M waits for work (or, if the G is wired
   // to it, for the G to come round again).
   mp->curg = gp;  // curp stays null: the preemption handler leaves a P-less M alone
-  gp->status.store(rt::gstatus::runnable, std::memory_order_relaxed);
-  rt::leave_to(mp, gp, nullptr, {rt::requeue_commit, nullptr}, false);
+  rt::set_status(gp, rt::gstatus::running, rt::gstatus::runnable);
+  rt::leave_to(mp, gp, nullptr, {rt::requeue_commit, nullptr}, rt::leave_mode::resumable);
 }
 
 }  // namespace detail

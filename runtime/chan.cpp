@@ -101,7 +101,9 @@
 #include <type_traits>
 
 #include "chan_ring.hpp"
-#include "sched.hpp"
+#include "m.hpp"
+#include "alloc.hpp"
+#include "proc.hpp"
 #include "wait.hpp"
 
 namespace gort::detail {
@@ -322,13 +324,14 @@ inline void hand_over(chan_core* c, void* dst, void* src, chan_waiter* w) noexce
   rt::finish(*w->ws);
 }
 
-void unlock_one(rt::fiber*, void* c) noexcept { static_cast<chan_core*>(c)->lock.unlock(); }
+// A park's commit: releases the lock its G took (the analysis cannot follow it there).
+void unlock_one(rt::fiber*, void* c) noexcept GORT_NO_TSA { static_cast<chan_core*>(c)->lock.unlock(); }
 
 // Holding c's lock: queue w (already pointing at its value or destination) on q and block until
 // a waker finishes it (true) or the deadline passes (false: w is taken off the queue again).
 // Returns without the lock.
 [[gnu::always_inline]] inline bool park_on(chan_core* c, waitq& q, chan_waiter& w, std::int64_t deadline_ns,
-                                            const char* reason) {
+                                            const char* reason) GORT_RELEASE(c->lock) GORT_NO_TSA {
   rt::wait_state ws;
   w.ws = &ws;
   w.sole = deadline_ns == 0;
@@ -646,10 +649,11 @@ namespace {
 struct lockset {
   chan_core** c;
   std::size_t n;
-  void lock() const noexcept {
+  // A set of locks the analysis cannot name: taken and released as a whole.
+  void lock() const noexcept GORT_NO_TSA {
     for (std::size_t i = 0; i < n; ++i) c[i]->lock.lock();
   }
-  void unlock() const noexcept {
+  void unlock() const noexcept GORT_NO_TSA {
     for (std::size_t i = n; i-- > 0;) c[i]->lock.unlock();
   }
 };

@@ -22,6 +22,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "deadlock.hpp"
+
 #include "sched.hpp"
 
 namespace gort::rt {
@@ -45,7 +47,7 @@ struct snapshot {
 };
 
 bool all_asleep(snapshot* snap) {
-  if (sched.state.load(std::memory_order_acquire) != 1 || !sched.main_g.load()) return false;
+  if (!running() || !sched.main_g.load()) return false;
   if (sched.npidle.load(std::memory_order_seq_cst) != sched.nprocs) return false;
   if (sched.nglobal.load(std::memory_order_acquire) || sched.foreign.load()) return false;
   std::uint64_t ticks = 0;

@@ -1,5 +1,7 @@
 #include "note.hpp"
 
+#include "clock.hpp"
+
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -9,12 +11,6 @@
 #include <climits>
 
 namespace gort::rt {
-
-std::int64_t nanotime() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
 
 void futex_wait(std::atomic<std::uint32_t>* addr, std::uint32_t expect) noexcept {
   // EINTR and spurious returns are fine: every caller re-checks its condition.

@@ -29,7 +29,4 @@ bool futex_wait_until(std::atomic<std::uint32_t>* addr, std::uint32_t expect,
                       std::int64_t deadline_ns) noexcept;
 void futex_wake(std::atomic<std::uint32_t>* addr, int n) noexcept;
 
-// CLOCK_MONOTONIC in nanoseconds; the same clock as std::chrono::steady_clock.
-std::int64_t nanotime() noexcept;
-
 }  // namespace gort::rt

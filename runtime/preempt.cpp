@@ -33,7 +33,7 @@
 //      same path as lock_os_thread. The handler wakes with that P, makes the G current again
 //      and returns; the G continues on the thread it never left.
 // Only async-signal-safe work happens in the handler: atomics, futex wake/wait, reads of the
-// M's own state. The P it receives may never have had a heap; acquirep(in_signal) skips heap
+// M's own state. The P it receives may never have had a heap; acquirep(acquire_mode::in_signal) skips heap
 // creation and CPU rebinding (both call into libraries the G may have been interrupted in).
 //
 // Deadlock freedom: a G stopped while holding a std::mutex keeps it; a G on another P that
@@ -57,12 +57,14 @@
 #include <cstring>
 
 #include "gort/gort.hpp"
-#include "sched.hpp"
+#include "preempt.hpp"
+
+#include "m.hpp"
+#include "proc.hpp"
+#include "sysmon.hpp"
 
 namespace gort {
 namespace rt {
-
-void sysmon_poke() noexcept;
 
 namespace {
 
@@ -92,9 +94,9 @@ void hold_for_preemption(m* mp, g* gp, p* pp) noexcept {
     gp->fib.switch_to(mp->g0, mp->eh);
     std::abort();  // never resumed
   }
-  acquirep(mp, np, true);
+  acquirep(mp, np, acquire_mode::in_signal);
   if (gp->locked == 0) gp->lockedm = nullptr;
-  execute_on(mp, gp);
+  resume_on(mp, gp);
 }
 
 void on_sigurg(int sig, siginfo_t* info, void* uctx) {

@@ -1,5 +1,28 @@
 // gort: the scheduler's state: G, M, P and the global `sched`. docs/design.md explains the
-// protocols; proc.cpp implements them. Invariants sit next to the fields they guard.
+// protocols. Invariants sit next to the fields they guard.
+//
+// The types, and who owns them:
+//   g        a goroutine: descriptor at the top of its own stack (g.cpp creates and recycles
+//            them). Fields are owned by whoever holds the G: its M while it runs, the run queue
+//            or wait list it sits in otherwise.
+//   m        an OS thread (m.cpp). Its fields are written by its own thread, except `nextp`
+//            (handed over by startm) and `park` (woken by anyone).
+//   p        a logical processor: run queue, timers, free Gs, heap. Written by the M holding
+//            it (p::curm), except the atomics sysmon and thieves read or CAS.
+//   sched_t  the one runtime: its lock guards the global queue and the idle lists.
+//
+// Counting invariants (checked in debug builds where they are cheap to walk):
+//   sched.npidle     == length of the sched.pidle list             (proc.cpp, pidleput/get)
+//   sched.nmidle     == length of the sched.midle list             (m.cpp, mput/mget)
+//   p::ngfree        == length of p::gfree                         (g.cpp, gfput/gfget)
+//   sched.ngfree     == sum of gfree_chain_len over sched.gfree     (g.cpp, scavenge_gs)
+//   sched.nmspinning == number of Ms with m::spinning set, and never below zero (proc.cpp)
+//
+// Which header declares what: proc.hpp (queues, idle Ps, ready/park/yield, switching),
+// m.hpp (M lifecycle and hand-off), g.hpp (G lifecycle, free lists), timer_sleeper.hpp
+// (arming timers, the M that sleeps until the earliest one), boot.hpp (run and shutdown),
+// alloc.hpp (runtime allocation), env.hpp (configuration from the environment), sysmon.hpp,
+// preempt.hpp, deadlock.hpp.
 #pragma once
 
 #include <atomic>
@@ -13,6 +36,7 @@
 #include "lock.hpp"
 #include "gort/config.hpp"
 #include "gort/gort.hpp"
+#include "clock.hpp"
 #include "note.hpp"
 #include "runq.hpp"
 #include "stack.hpp"
@@ -39,9 +63,9 @@ enum class gstatus : std::uint8_t {
 struct alignas(64) g {  // (the fiber must stay first: g_of)
   fiber fib;
   std::uint64_t id = 0;
-  std::atomic<gstatus> status{gstatus::idle};
+  std::atomic<gstatus> status{gstatus::idle};  // transitions: set_status (g.hpp)
   g* schedlink = nullptr;  // run queue / free list link, owned by whoever holds the G there
-  // When the G entered its P's ring (the P's tick_ns): the owner runs the oldest G ahead of
+  // When the G entered its P's ring (the P's stamp_ns): the owner runs the oldest G ahead of
   // newer ones once it has waited a time slice (fast_next). Atomic: a thief may move the G.
   std::atomic<std::int64_t> queued_at{0};
   // The global free list is a list of chains (gfput/gfget); on a chain's first G these link
@@ -61,7 +85,7 @@ struct alignas(64) g {  // (the fiber must stay first: g_of)
   // Holders of this G's frame: the running G itself, plus one for a task/thread handle. The
   // last to let go recycles the G.
   std::atomic<int> refs{0};
-  // Completion, for join: 0 running with no joiner, 1 done, else a waiter* to wake.
+  // Completion, for join: 0 running with no joiner, 1 done, else the joiner's wait_state*.
   std::atomic<std::uintptr_t> join_state{0};
 
   timer sleep_timer;  // sleep_for/sleep_until, armed only while parked in sleep
@@ -101,6 +125,14 @@ enum : std::uint32_t {
   ppreempted = 3,  // its M is held in the preemption signal handler; sysmon hands it on
   ptaking = 4,     // sysmon is handing a ppreempted P on (take_preempted); then pidle
 };
+// A P in a blocking call carries which call in its status word: psyscall in the low bits, the
+// P's syscalltick of that call above them (psyscall_word). The M coming back CASes from the
+// exact word it stored, so it cannot take back a P that sysmon retook and another M has since
+// taken into a blocking call of its own (an ABA that a plain psyscall value allowed: two Ms
+// then ran on one P; the p::curm check in releasep caught it).
+inline constexpr std::uint32_t pstatus_bits = 3;
+inline constexpr std::uint32_t pstatus_kind(std::uint32_t s) noexcept { return s & ((1u << pstatus_bits) - 1); }
+inline constexpr std::uint32_t psyscall_word(std::uint32_t tick) noexcept { return psyscall | (tick << pstatus_bits); }
 
 // Work that must wait until the leaving G is off its stack: installed as the leaving fiber's
 // after-switch action (fiber::after), so it runs on the arriving side. See park/yield/goexit.
@@ -126,8 +158,8 @@ struct p {
   std::uint32_t global_countdown = 61;
   // nanotime() at the last 1-in-61 fairness look (fast_next) or g0 schedule (findrunnable),
   // always taken before the G it precedes starts: so a lower bound on the running slice's
-  // start, which sysmon reads (relaxed; owner-written).
-  std::atomic<std::int64_t> tick_ns{0};
+  // start, which sysmon reads, and the stamp of Gs queued meanwhile (relaxed; owner-written).
+  std::atomic<std::int64_t> stamp_ns{0};
   std::int64_t stale_pick_ns = 0;  // when fast_next last ran a stale oldest G first
   // A G readied into an empty runnext wakes no idle P at once (ready, "Deferred wake-ups" in
   // docs/design.md): its readier usually blocks within a call or two and this P runs it. The
@@ -175,11 +207,16 @@ struct m {
   g* lockedg = nullptr;   // this M runs only this G (lock_os_thread)
   g* handoff = nullptr;   // a G wired to another M, dequeued here: g0 passes it on
   p* oldp = nullptr;      // the P held when the current blocking call began
+  std::uint32_t oldp_word = 0;  // the status word that call gave oldp (psyscall_word)
 
   void nextp_store(p* pp) noexcept { nextp.store(pp, std::memory_order_release); }
   p* nextp_take() noexcept { return nextp.exchange(nullptr, std::memory_order_acq_rel); }
   p* nextp_peek() const noexcept { return nextp.load(std::memory_order_acquire); }
 };
+
+// The runtime's lifecycle (sched.state). Only `running` accepts work; boot.cpp moves it
+// stopped -> starting -> running -> stopping -> stopped.
+enum class run_state : int { stopped, starting, running, stopping };
 
 // Fields are grouped by who writes them, one cache line per group: wakep() reads npidle and
 // nmspinning on every spawn and wake-up, and must not miss in cache because another P just took
@@ -189,28 +226,26 @@ struct sched_t {
   alignas(64) std::atomic<std::uint32_t> npidle{0};
   std::atomic<std::uint32_t> nmspinning{0};
   std::atomic<std::uint32_t> nglobal{0};  // global run queue length; a hint without the lock
-  std::atomic<int> state{0};  // 0 stopped, 1 running, 2 stopping, 3 starting
+  std::atomic<run_state> state{run_state::stopped};
   std::uint32_t nprocs = 0;
-  std::size_t stack_size = 0;
   std::size_t frame_budget = 0;  // largest typed frame kept on a G's stack (else allocated)
-  bool system_alloc = false;     // allocate with malloc instead of mimalloc (Valgrind, TSan)
 
   // Guarded by `lock`: the global run queue (FIFO through g::schedlink), idle Ps, idle Ms, the
   // M and G lists.
   alignas(64) spinlock lock;
-  g* ghead = nullptr;
-  g* gtail = nullptr;
-  p* pidle = nullptr;
-  m* midle = nullptr;
-  std::uint32_t nmidle = 0;
-  std::vector<m*> ms;    // every M ever created in this runtime
-  std::vector<g*> allg;  // every G ever created in this runtime (they live in its stack pool)
+  g* ghead GORT_GUARDED_BY(lock) = nullptr;
+  g* gtail GORT_GUARDED_BY(lock) = nullptr;
+  p* pidle GORT_GUARDED_BY(lock) = nullptr;
+  m* midle GORT_GUARDED_BY(lock) = nullptr;
+  std::uint32_t nmidle GORT_GUARDED_BY(lock) = 0;
+  std::vector<m*> ms GORT_GUARDED_BY(lock);    // every M ever created in this runtime
+  std::vector<g*> allg GORT_GUARDED_BY(lock);  // every G ever created in this runtime (they live in its stack pool)
 
   // Dead Gs beyond a P's cache, and Gs freed by foreign threads.
   alignas(64) spinlock gfree_lock;
-  g* gfree = nullptr;                     // chains of dead Gs (see gfput)
+  g* gfree GORT_GUARDED_BY(gfree_lock) = nullptr;  // chains of dead Gs (see gfput)
   std::atomic<std::uint32_t> ngfree{0};  // Gs in them; written under gfree_lock, read as a hint
-  std::uint32_t ngfree_low = 0;           // the fewest since the last scavenge (gfree_lock)
+  std::uint32_t ngfree_low GORT_GUARDED_BY(gfree_lock) = 0;  // the fewest since the last scavenge
 
   // The M sleeping with a timeout until the earliest timer of any P (null: none). Whoever arms
   // an earlier timer wakes it. See docs/design.md "Timers".
@@ -219,8 +254,10 @@ struct sched_t {
 
   alignas(64) std::atomic<std::uint64_t> goid_gen{0};
   std::vector<p*> ps;
+  // For stealing: every stride in 1..nprocs coprime with nprocs, so a walk that starts at a
+  // random P and steps by a random one of these visits every P once (boot.cpp fills it).
+  std::vector<std::uint32_t> steal_strides;
   stack_pool* stacks = nullptr;
-  config cfg;
   // Foreign threads that submit work count themselves here first, so shutdown can wait for
   // them to finish touching the runtime.
   std::atomic<int> foreign{0};
@@ -240,7 +277,7 @@ struct sched_t {
   // list while it slept. Its first look counts running slices from here, not from when it got
   // a CPU (thread start-up alone measured 2-8 ms here, which made the first preemption late).
   std::atomic<std::int64_t> sysmon_since{0};
-  // Counters, for tests and (later) schedtrace: Gs stopped by the preemption signal, Ps
+  // Counters, for tests: Gs stopped by the preemption signal, Ps
   // retaken from blocking calls.
   std::atomic<std::uint64_t> npreempted{0};
   std::atomic<std::uint64_t> nretaken{0};
@@ -255,7 +292,13 @@ struct sched_t {
 
 extern sched_t sched;
 
+static_assert(offsetof(g, fib) == 0, "g_of relies on the fiber being first");
 inline g* g_of(fiber* f) noexcept { return reinterpret_cast<g*>(f); }
+
+// Whether the runtime accepts work (sched.state == running).
+inline bool running(std::memory_order mo = std::memory_order_acquire) noexcept {
+  return sched.state.load(mo) == run_state::running;
+}
 
 // The current M of the calling thread, or null on a thread that is not an M. A G may resume
 // on another thread after any switch, and compilers cache thread-pointer arithmetic across
@@ -265,52 +308,6 @@ inline g* getg() noexcept {
   m* mp = getm();
   return mp ? mp->curg : nullptr;
 }
-
-// The scheduler's entry points (proc.cpp).
-// Makes a waiting G runnable on the current P: into runnext by default (it runs next, with its
-// waker's data still in cache), or at the back of the line with next = false (timers: several
-// due at once must run in deadline order, behind what is already queued).
-void ready(g* gp, bool next = true) noexcept;
-// Blocks the current G; the caller holds preemption off (as every runtime entry point does).
-void park(const char* reason, transition commit) noexcept;
-void yield_g() noexcept;
-void wake(waiter* w) noexcept;                         // wake a G or a thread waiter
-// Blocks the caller (G or OS thread) on w until wake(w); `unlock` runs once the caller is
-// committed to sleeping (after the G left its stack, or before the thread sleeps).
-void wait_on(waiter& w, const char* reason, transition unlock) noexcept;
-
-void wakep() noexcept;
-
-// For sysmon, preemption and blocking calls (proc.cpp).
-void acquirep(m* mp, p* pp, bool in_signal = false);
-p* releasep(m* mp);
-void handoffp(p* pp);
-void globrunqput(g* gp);
-void execute_on(m* mp, g* gp);  // mp (holding a P) now runs gp: a new time slice
-p* take_idle_p(p* prefer);      // `prefer` if it is idle, else any idle P, else null
-// Sleeps on mp's note until a P is handed to it (startm, startlockedm: returned) or the runtime
-// stops (null). Atomics and futex calls only: usable in the preemption signal handler.
-p* await_p(m* mp) noexcept;
-// Switches the running G gp to next (null: mp's g0), running `tr` once gp is off its stack.
-void leave_to(m* mp, g* gp, g* next, transition tr, bool dying);
-void timer_armed(std::int64_t when);  // a P's earliest timer changed to `when`
-// Frees surplus dead Gs and their stacks' memory (sysmon, once per scavenge period; proc.cpp).
-// It leaves scavenge_keep of them on the global free list, and an idle sysmon keeps waking for
-// it only while more than that are cached.
-inline constexpr std::uint32_t scavenge_keep = 1024;
-std::size_t scavenge_gs() noexcept;
-
-// G lifecycle behind gort.hpp's detail:: functions (api.cpp forwards to these).
-g* g_reserve_new(std::size_t size, std::size_t align, void** frame);
-// Returns true when the new G left its P's ring full (the spawner should give way: g_start).
-bool g_launch(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept;
-void g_unreserve(g* gp) noexcept;
-void g_join_wait(g* target);
-void g_drop(g* gp) noexcept;
-void run_main(const config& cfg, gort::detail::body_fn body, void* frame);
-
-void* alloc(std::size_t n);  // runtime allocation: the P's heap when on its home M
-void free_mem(void* ptr) noexcept;
 
 // Brackets runtime code that runs on a G's stack: while any is open, the preemption signal
 // leaves the G alone (it would otherwise stop the M in the middle of a run-queue or heap
@@ -330,11 +327,5 @@ class nopreempt_scope {
  private:
   g* gp_;
 };
-
-// Cooperative preemption: yields if sysmon asked the running G to (its slice is over). Called
-// at runtime entry points that may take long in a loop (channel ops, spawning).
-void preempt_check() noexcept;
-// Yields unless the running G is in a no-preemption region (its own or the runtime's).
-void give_way() noexcept;
 
 }  // namespace gort::rt

@@ -1,6 +1,8 @@
 // gort: the pool of G stacks (see stack.hpp for the design).
 #include "stack.hpp"
 
+#include "env.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -198,20 +200,8 @@ void warn_budget() noexcept {
   say(msg);
 }
 
-guard_mode from_env() noexcept {
-  const char* v = std::getenv("GORT_STACK_GUARD");
-  if (!v || !*v || std::strcmp(v, "auto") == 0) return guard_mode::automatic;
-  if (std::strcmp(v, "madvise") == 0) return guard_mode::madvise;
-  if (std::strcmp(v, "mprotect") == 0) return guard_mode::mprotect;
-  if (std::strcmp(v, "none") == 0) return guard_mode::none;
-  static std::atomic<bool> warned{false};
-  if (!warned.exchange(true))
-    say("gort: warning: ignoring GORT_STACK_GUARD (expected madvise, mprotect or none)\n");
-  return guard_mode::automatic;
-}
-
 guard_mode resolve(guard_mode m) noexcept {
-  if (m == guard_mode::automatic) m = from_env();
+  if (m == guard_mode::automatic) m = stack_guard_from_env();
   if (m == guard_mode::automatic || m == guard_mode::madvise)
     m = madvise_guard_works() ? guard_mode::madvise : guard_mode::mprotect;
   return m;

@@ -24,9 +24,11 @@
 #include <cstdint>
 #include <mutex>
 
+#include "gort/config.hpp"
+
 namespace gort::rt {
 
-inline constexpr std::size_t default_stack_size = 256 * 1024;
+using gort::default_stack_size;  // one definition, in gort/config.hpp
 inline constexpr std::size_t min_stack_size = 16 * 1024;
 
 // Below every stack. A guard costs address space only (neither memory nor extra VMAs, whatever

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "sched.hpp"
+#include "proc.hpp"
 #include "wait.hpp"
 
 namespace gort {
@@ -135,22 +136,6 @@ constexpr std::uint32_t m_locked = 1, m_woken = 2, m_starving = 4, m_waiters = 8
 constexpr std::int64_t starve_ns = 1'000'000;
 char handoff_tag;  // ws.winner of a waiter that was handed the lock
 
-// Go's rule: spin only a few rounds, only when other Ps are running (the holder may be one of
-// them and about to unlock) and nothing else waits for this P.
-bool can_spin(int iter) {
-  if (iter >= 4) return false;
-  rt::m* mp = rt::getm();
-  if (!mp || !mp->curp) {
-    static const bool multi = std::thread::hardware_concurrency() > 1;
-    return multi;
-  }
-  const std::uint32_t n = rt::sched.nprocs;
-  if (n <= 1) return false;
-  if (rt::sched.npidle.load(std::memory_order_relaxed) +
-          rt::sched.nmspinning.load(std::memory_order_relaxed) + 1 >= n)
-    return false;
-  return mp->curp->q.empty();
-}
 void spin_pause() noexcept {
   for (int i = 0; i < 30; ++i) rt::cpu_relax();
 }
@@ -182,7 +167,7 @@ bool mutex::lock_slow(std::int64_t deadline) {
   int iter = 0;
   std::uint32_t old = state_.load(std::memory_order_relaxed);
   for (;;) {
-    if ((old & (m_locked | m_starving)) == m_locked && can_spin(iter)) {
+    if ((old & (m_locked | m_starving)) == m_locked && rt::can_spin(iter)) {
       // Tell unlock not to wake a waiter: we are about to take it ourselves.
       if (!awoke && !(old & (m_woken | m_qlock)) && (old & m_waiters) &&
           state_.compare_exchange_weak(old, old | m_woken, std::memory_order_relaxed))

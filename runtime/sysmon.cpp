@@ -15,7 +15,7 @@
 //
 // The cap is about when a slice started. A look that sees a P's schedtick moved knows only
 // that the running slice began after two lower bounds: the previous look, and the P's own
-// stamp (tick_ns, taken at every 61st schedule and at every g0 schedule, always before the G
+// stamp (p::stamp_ns, taken at every 61st schedule and at every g0 schedule, always before the G
 // starts). The slice is counted from the later of the two, so no G overstays it by more than
 // sysmon's own lateness; the price is that a slice may be cut short by the bound's distance
 // from the true start. Where the stamp is fresh (a P switching thousands of times a second:
@@ -41,16 +41,19 @@
 #include <utility>
 #include <vector>
 
-#include "sched.hpp"
+#include "sysmon.hpp"
+
+#include "deadlock.hpp"
+#include "g.hpp"
+#include "m.hpp"
+#include "preempt.hpp"
+#include "proc.hpp"
 
 namespace gort::rt {
 
-void preempt_m(m* mp) noexcept;
-void check_deadlock(bool (*nap)(std::int64_t ns));
-
 namespace {
 
-constexpr std::int64_t tick_ns = 20'000;
+constexpr std::int64_t look_interval_ns = 20'000;
 constexpr int idle_ticks_before_backoff = 50;
 // A G that ignores a preemption request (inside no_preempt, or in runtime code) is signalled
 // again no more often than this: its M would otherwise take a signal every tick.
@@ -77,7 +80,7 @@ void take_preempted(p* pp) {
   m* mp = pp->curm.load(std::memory_order_relaxed);
   g* gp = mp->curg;
   gp->lockedm = mp;
-  gp->status.store(gstatus::runnable, std::memory_order_relaxed);
+  set_status(gp, gstatus::running, gstatus::runnable);
   pp->curm.store(nullptr, std::memory_order_relaxed);
   mp->curp = nullptr;
   pp->status.store(pidle, std::memory_order_release);
@@ -95,7 +98,7 @@ void take_preempted(p* pp) {
 bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::int64_t fresh_ns,
             std::int64_t* next_deadline, bool* stale) {
   bool acted = false;
-  const bool stopping = sched.state.load(std::memory_order_acquire) != 1;
+  const bool stopping = !running();
   for (std::size_t i = 0; i < sched.ps.size(); ++i) {
     p* pp = sched.ps[i];
     psample& s = ps[i];
@@ -110,7 +113,7 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
       acted = true;
       continue;
     }
-    if (st == psyscall) {
+    if (pstatus_kind(st) == psyscall) {
       std::uint32_t t = pp->syscalltick.load(std::memory_order_relaxed);
       if (!s.in_syscall || t != s.syscalltick) {
         s.syscalltick = t;
@@ -118,7 +121,7 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
         continue;
       }
       // The same call on two looks, at least a tick apart: the P is wasted where it is.
-      std::uint32_t expect = psyscall;
+      std::uint32_t expect = st;
       if (pp->status.compare_exchange_strong(expect, pidle, std::memory_order_acq_rel)) {
         pp->curm.store(nullptr, std::memory_order_relaxed);
         sched.nretaken.fetch_add(1, std::memory_order_relaxed);
@@ -132,7 +135,7 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
     if (st == pidle) {
       // Backstop for the timer sleeper: a due timer on an idle P gets an M.
       std::int64_t w = pp->tm.next();
-      if (w && w + tick_ns < now) wakep();
+      if (w && w + look_interval_ns < now) wakep();
       continue;
     }
     if (st != prunning) continue;
@@ -140,7 +143,7 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
     if (!mp) continue;  // between owners
     // The stamp before the tick: a stamp newer than the tick read belongs to a schedule that
     // is ending this slice, which the next look sees as a moved tick.
-    const std::int64_t stamp = pp->tick_ns.load(std::memory_order_relaxed);
+    const std::int64_t stamp = pp->stamp_ns.load(std::memory_order_relaxed);
     if (now - stamp > fresh_ns) *stale = true;
     std::uint32_t t = pp->schedtick.load(std::memory_order_relaxed);
     if (t != s.schedtick || s.schedwhen == 0) {
@@ -188,9 +191,9 @@ void sysmon_main() {
   // little more priority than the Ms; elsewhere this fails quietly and it runs as they do.
   setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), -5);
   std::vector<psample> samples(sched.ps.size());
-  const std::int64_t short_cap = std::clamp<std::int64_t>(sched.time_slice_ns / 10, tick_ns, 10'000'000);
-  const std::int64_t long_cap = std::clamp<std::int64_t>(sched.time_slice_ns / 2, tick_ns, 50'000'000);
-  std::int64_t sleep = tick_ns;
+  const std::int64_t short_cap = std::clamp<std::int64_t>(sched.time_slice_ns / 10, look_interval_ns, 10'000'000);
+  const std::int64_t long_cap = std::clamp<std::int64_t>(sched.time_slice_ns / 2, look_interval_ns, 50'000'000);
+  std::int64_t sleep = look_interval_ns;
   // The previous look; at first, and after sleeping with every P idle, when sysmon should have
   // started watching (sched.sysmon_since).
   std::int64_t last_look = sched.sysmon_since.load(std::memory_order_relaxed);
@@ -199,19 +202,19 @@ void sysmon_main() {
   std::int64_t next_scavenge = scavenge_period ? nanotime() + scavenge_period : 0;
   while (!quit.load(std::memory_order_acquire)) {
     if (next_scavenge && nanotime() >= next_scavenge) {
-      if (sched.state.load(std::memory_order_acquire) == 1) scavenge_gs();
+      if (running()) scavenge_gs();
       next_scavenge = nanotime() + scavenge_period;
     }
     // Every P idle: sleep until one is taken (pidle_taken), with no timeout at all, unless
     // dead Gs beyond the scavenger's reserve are cached: then until the next scavenge.
     if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
-        sched.state.load(std::memory_order_acquire) == 1) {
+        running()) {
       sched.sysmon_note.clear();
       // Before sysmon_wait: a P taken from here on stores a later time (pidle_taken).
       sched.sysmon_since.store(nanotime(), std::memory_order_relaxed);
       sched.sysmon_wait.store(1, std::memory_order_seq_cst);
       if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
-          sched.state.load(std::memory_order_seq_cst) == 1 && !quit.load(std::memory_order_seq_cst)) {
+          running(std::memory_order_seq_cst) && !quit.load(std::memory_order_seq_cst)) {
         check_deadlock(nap);  // returns only if not dead-locked
         if (next_scavenge && sched.ngfree.load(std::memory_order_relaxed) > scavenge_keep)
           sched.sysmon_note.sleep_until(next_scavenge);
@@ -221,7 +224,7 @@ void sysmon_main() {
       sched.sysmon_wait.store(0, std::memory_order_seq_cst);
       for (psample& s : samples) s = psample{};
       last_look = sched.sysmon_since.load(std::memory_order_relaxed);
-      sleep = tick_ns;
+      sleep = look_interval_ns;
       idle = 0;
       continue;
     }
@@ -234,7 +237,7 @@ void sysmon_main() {
     bool stale = false;
     if (retake(samples, now, prev, short_cap, &deadline, &stale)) {
       idle = 0;
-      sleep = tick_ns;
+      sleep = look_interval_ns;
     } else if (++idle > idle_ticks_before_backoff) {
       sleep = std::min(sleep * 2, long_cap);
     }
@@ -242,7 +245,7 @@ void sysmon_main() {
     // A blocking call seen now is retaken at the next look if still in progress; that look is
     // not brought forward: in a loop of short blocking calls nearly every look sees one, and
     // sysmon would tick every 20 us for nothing.
-    sched.sysmon_note.sleep_until(std::max(std::min(now + nap_ns, deadline), now + tick_ns));
+    sched.sysmon_note.sleep_until(std::max(std::min(now + nap_ns, deadline), now + look_interval_ns));
   }
 }
 

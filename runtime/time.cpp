@@ -19,7 +19,7 @@
 //    never blocks. Because the send happens inside the fire, stop() (which waits the fire
 //    out) followed by draining the channel leaves no stale value behind.
 //  - An after_func fire queues a launch of f (see launch_queue), which starts a new G for it
-//    (rt::g_reserve_new + g_launch, the steps of gort::go, which only take the P's free list
+//    (rt::g_new + g_launch, the steps of gort::go, which only take the P's free list
 //    or the stack pool's lock and put the G on the P's queue, as ready() does). The launch and
 //    then the G hold a reference to the core, so the closure outlives a handle destroyed
 //    while f is queued or running.
@@ -35,7 +35,11 @@
 #include <cstring>
 
 #include "san.hpp"
-#include "sched.hpp"
+#include "boot.hpp"
+#include "g.hpp"
+#include "alloc.hpp"
+#include "proc.hpp"
+#include "timer_sleeper.hpp"
 
 #if GORT_TSAN
 #include <sanitizer/tsan_interface.h>
@@ -131,13 +135,13 @@ void start_g(timer_core* c) {
   void* frame = nullptr;
   rt::g* gp;
   try {
-    gp = rt::g_reserve_new(sizeof(fn_frame), alignof(fn_frame), &frame);
+    gp = rt::g_new(sizeof(fn_frame), alignof(fn_frame), &frame);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "gort: timer: cannot start a G for a fired after_func: %s\n", e.what());
     std::abort();
   }
   ::new (frame) fn_frame{c};
-  rt::g_launch(gp, fn_body, fn_destroy, false);
+  rt::g_start(gp, fn_body, fn_destroy, false);
 }
 
 // The launch queue: fired after_func timers whose G has not been started yet, oldest first.
@@ -174,10 +178,7 @@ struct launch_queue {
   std::uint64_t run = 0;  // main G id of the run this state belongs to
 } launches;
 
-std::uint64_t run_id() noexcept {
-  rt::g* mg = rt::sched.main_g.load(std::memory_order_acquire);
-  return mg ? mg->id : 0;
-}
+std::uint64_t run_id() noexcept { return rt::run_id(); }
 
 void launcher_body(void*);
 
@@ -185,12 +186,12 @@ void start_launcher() {
   void* frame = nullptr;
   rt::g* gp;
   try {
-    gp = rt::g_reserve_new(0, 1, &frame);
+    gp = rt::g_new(0, 1, &frame);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "gort: timer: cannot start a G for fired after_func timers: %s\n", e.what());
     std::abort();
   }
-  rt::g_launch(gp, launcher_body, fn_destroy, false);
+  rt::g_start(gp, launcher_body, fn_destroy, false);
 }
 
 void launcher_body(void*) {
@@ -210,7 +211,7 @@ void launcher_body(void*) {
         launches.head = c->next_launch;
         if (!launches.head) launches.tail = nullptr;
       }
-      if (launches.head && launches.launchers < rt::sched.nprocs) {
+      if (launches.head && launches.launchers < rt::nprocs()) {
         ++launches.launchers;
         helper = true;
       }
@@ -254,20 +255,7 @@ void arm(timer_core* c, std::int64_t when) {
   c->tm.when = when;
   c->tm.fire = fire;
   c->tm.arg = c;
-  rt::m* mp = rt::getm();
-  rt::p* pp = mp ? mp->curp : nullptr;
-  if (pp) {
-    if (pp->tm.add(&c->tm)) rt::timer_armed(when);
-    return;
-  }
-  // A foreign thread: counted in, like a foreign spawn, so shutdown waits for us.
-  rt::sched.foreign.fetch_add(1, std::memory_order_seq_cst);
-  if (rt::sched.state.load(std::memory_order_seq_cst) != 1) {
-    rt::sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
-    throw std::logic_error("gort::timer: no runtime is running (start one with gort::run)");
-  }
-  if (rt::sched.ps[0]->tm.add(&c->tm)) rt::timer_armed(when);
-  rt::sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  rt::arm_timer_here(&c->tm, "gort::timer");
 }
 
 void send_now(timer_core* c) noexcept {
@@ -307,9 +295,7 @@ void fire(rt::timer* t) {
     std::int64_t next = c->tm.when + c->period;
     if (next <= now) next += ((now - next) / c->period + 1) * c->period;
     c->tm.when = next;
-    rt::m* mp = rt::getm();
-    rt::p* pp = mp->curp ? mp->curp : rt::sched.ps[0];
-    if (pp->tm.add(&c->tm)) rt::timer_armed(next);
+    rt::arm_timer_here(&c->tm, "gort::ticker");  // on an M: never throws
   }
   rt::spin_unlock(c->lock);
 }

@@ -1,6 +1,9 @@
+// gort: the blocking primitive (wait.hpp): block, finish and the deadline's fire.
 #include "wait.hpp"
 
 #include "note.hpp"
+#include "proc.hpp"
+#include "timer_sleeper.hpp"
 
 namespace gort::rt {
 
@@ -10,7 +13,7 @@ void deadline_fire(timer* t) {
   auto* ws = static_cast<wait_state*>(t->arg);
   std::uint32_t expect = wait_state::pending;
   if (ws->v.compare_exchange_strong(expect, wait_state::timed_out, std::memory_order_acq_rel))
-    ready(ws->gp, false);
+    ready(ws->gp, queue_at::back);
 }
 
 struct block_ctx {
@@ -23,12 +26,7 @@ void block_commit(fiber* f, void* arg) {
   auto* bc = static_cast<block_ctx*>(arg);
   wait_state* ws = bc->ws;
   transition unlock = bc->unlock;  // bc lives on the parked stack: read before unlocking
-  if (const std::int64_t when = ws->tm.when) {
-    // `when` read first: once armed, the timer may fire and the G resume elsewhere, taking
-    // ws (on its stack) with it.
-    p* pp = getm()->curp;
-    if (pp->tm.add(&ws->tm)) timer_armed(when);
-  }
+  if (ws->tm.when) arm_timer(getm()->curp, &ws->tm);  // may fire, and ws vanish, at once
   if (unlock.fn) unlock.fn(f, unlock.arg);
 }
 
@@ -74,6 +72,28 @@ bool block(wait_state& ws, std::int64_t deadline_ns, const char* reason, transit
       futex_wait(&ws.v, v);
     }
   }
+}
+
+// The older blocking primitive, kept for wait_group until it moves onto wait_state.
+void wake(waiter* w) noexcept {
+  if (g* gp = w->gp) {
+    ready(gp);
+  } else {
+    w->flag.store(1, std::memory_order_release);
+    futex_wake(&w->flag, 1);
+  }
+}
+
+void wait_on(waiter& w, const char* reason, transition unlock) noexcept {
+  if (g* gp = getg()) {
+    w.gp = gp;
+    park(reason, unlock);
+    return;
+  }
+  w.gp = nullptr;
+  w.flag.store(0, std::memory_order_relaxed);
+  if (unlock.fn) unlock.fn(nullptr, unlock.arg);
+  while (w.flag.load(std::memory_order_acquire) == 0) futex_wait(&w.flag, 0);
 }
 
 }  // namespace gort::rt

@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "sched.hpp"
+#include "timer.hpp"
 
 namespace gort::rt {
 
@@ -48,5 +49,10 @@ void finish(wait_state& ws) noexcept;
 // sleeping: after the G is off its stack, or before the thread sleeps. The caller must have
 // published ws (where wakers find it) before calling, under the lock that `unlock` releases.
 bool block(wait_state& ws, std::int64_t deadline_ns, const char* reason, transition unlock) noexcept;
+
+void wake(waiter* w) noexcept;  // wake a G or a thread waiter
+// Blocks the caller (G or OS thread) on w until wake(w); `unlock` runs once the caller is
+// committed to sleeping (after the G left its stack, or before the thread sleeps).
+void wait_on(waiter& w, const char* reason, transition unlock) noexcept;
 
 }  // namespace gort::rt

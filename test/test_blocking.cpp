@@ -29,7 +29,7 @@ struct clean_env {
 
 // Ms the runtime has, not counting the parked spares an ASan build starts with.
 std::size_t nms() {
-  std::lock_guard<gort::rt::spinlock> l(gort::rt::sched.lock);
+  gort::rt::spin_guard l(gort::rt::sched.lock);
   return gort::rt::sched.ms.size() - gort::rt::sched.extra_spares;
 }
 

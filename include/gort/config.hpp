@@ -14,13 +14,17 @@ enum class pin_policy {
   spread,   // Ps spread as far apart as the topology allows: packages, then cores, then SMT
 };
 
+// The default bytes of stack per G (config::stack_size): deep enough for ordinary library code
+// (iostreams, regex, a few KiB frames) while a parked G commits only the pages it touched.
+inline constexpr std::size_t default_stack_size = 256 * 1024;
+
 struct config {
   // Number of logical processors (Ps), i.e. Gs running in parallel. 0: every CPU this process
   // may run on (its affinity mask). Environment GORT_PROCS overrides. At most 4096.
   unsigned procs = 0;
   // Bytes of stack per G: reserved address space, committed page by page when touched.
   // A multiple of the page size, at least 16 KiB.
-  std::size_t stack_size = 256 * 1024;
+  std::size_t stack_size = default_stack_size;
   pin_policy pin = pin_policy::none;
   // A G that runs this long without going through the scheduler is preempted (sysmon asks it
   // to yield; see async_preempt), never later than sysmon's own wake-up latency after that,

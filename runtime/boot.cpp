@@ -1,0 +1,184 @@
+// gort: boot and shutdown of a runtime (run_main), with the main G.
+//
+// Boot: validate the settings, claim the single runtime slot (sched.state stopped -> starting),
+// build the Ps and the main G, go to running, then start the first M (holding P 0 with the main
+// G queued), a spare M and sysmon. Shutdown, once the main G's body returned: go to stopping,
+// wait for foreign submitters in flight, wake every M until all have exited (an M running a G
+// exits when that G next enters the scheduler; the G is abandoned), stop sysmon, join the
+// threads, free everything, go to stopped.
+#include "boot.hpp"
+
+#include <chrono>
+#include <memory>
+#include <numeric>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "check.hpp"
+#include "clock.hpp"
+#include "deadlock.hpp"
+#include "env.hpp"
+#include "g.hpp"
+#include "m.hpp"
+#include "overflow.hpp"
+#include "pin.hpp"
+#include "preempt.hpp"
+#include "proc.hpp"
+#include "san.hpp"
+#include "sysmon.hpp"
+
+namespace gort::rt {
+
+namespace {
+
+struct main_ctx {
+  gort::detail::body_fn body;
+  void* frame;
+  note done;
+};
+
+void main_body(void* p) {
+  auto* mc = *static_cast<main_ctx**>(p);  // g_new_main put the context at the frame's start
+  mc->body(mc->frame);  // captures its own exceptions (gort.hpp run())
+  sched.main_g.store(nullptr);  // Gs left waiting now are abandoned, not dead-locked
+  mc->done.wakeup();
+}
+
+
+// Single-threaded: every M has exited.
+void teardown() GORT_NO_TSA {
+  for (g* gp : sched.allg) gp->fib.destroy();
+  sched.allg.clear();
+  for (p* pp : sched.ps) {
+    pp->tm.clear();
+    delete pp;
+  }
+  sched.ps.clear();
+  for (m* mp : sched.ms) delete mp;
+  sched.ms.clear();
+  delete sched.stacks;
+  sched.stacks = nullptr;
+  sched.ghead = sched.gtail = nullptr;
+  sched.nglobal = 0;
+  sched.pidle = nullptr;
+  sched.npidle = 0;
+  sched.midle = nullptr;
+  sched.nmidle = 0;
+  sched.nmspinning = 0;
+  sched.gfree = nullptr;
+  sched.ngfree = 0;
+  sched.ngfree_low = 0;
+  sched.timer_sleeper = nullptr;
+  sched.timer_sleep_until = 0;
+  sched.sysmon_wait = 0;
+}
+
+}  // namespace
+
+std::uint64_t run_id() noexcept {
+  g* mg = sched.main_g.load(std::memory_order_acquire);
+  return mg ? mg->id : 0;
+}
+
+void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
+  const settings set = read_settings(cfg);  // validates the config and the environment
+  const unsigned n = set.procs;
+  auto pool = std::make_unique<stack_pool>(cfg.stack_size);  // validates stack_size
+  run_state stopped = run_state::stopped;
+  if (!sched.state.compare_exchange_strong(stopped, run_state::starting, std::memory_order_acq_rel))
+    throw std::logic_error("gort::run: a runtime is already running in this process");
+
+  sched.time_slice_ns = set.time_slice_ns;
+  sched.async_preempt = set.async_preempt;
+  sched.sysmon_on = set.sysmon;
+  sched.scavenge_period_ns = set.scavenge_period_ns;
+  sched.detect_deadlock = set.detect_deadlock;
+  sched.max_threads = set.max_threads;
+  install_overflow_handler();
+  if (sched.async_preempt && sched.sysmon_on) install_preempt_handler();
+  sched.stacks = pool.release();
+  sched.frame_budget = cfg.stack_size / 4;
+  sched.nprocs = n;
+  sched.steal_strides.clear();
+  for (std::uint32_t i = 1; i <= n; ++i)
+    if (std::gcd(i, n) == 1) sched.steal_strides.push_back(i);
+  std::vector<int> cpus = place_procs(cfg.pin, n);
+  for (unsigned i = 0; i < n; ++i) {
+    auto* pp = new p;
+    pp->id = i;
+    if (!cpus.empty()) pp->cpu = cpus[i];
+    sched.ps.push_back(pp);
+  }
+  {
+    spin_guard l(sched.lock);
+    for (unsigned i = n; i-- > 1;) pidleput(sched.ps[i]);
+  }
+
+  main_ctx mc{body, frame, {}};
+  g* mg;
+  try {
+    mg = g_new_main(main_body, &mc);
+  } catch (...) {
+    teardown();
+    sched.state.store(run_state::stopped);
+    throw;
+  }
+  sched.main_g.store(mg);
+  // Threads that are not ours (deadlock.cpp), counted before we create any.
+#if GORT_TSAN
+  // TSan starts a background thread of its own at the process's first pthread_create. Make
+  // that happen now, so that it is counted here and never passes for a new foreign thread.
+  std::thread([] {}).join();
+#endif
+  sched.threads_at_start = count_threads();
+  sched.sysmon_since.store(nanotime(), std::memory_order_relaxed);
+  runqput(sched.ps[0], mg, queue_at::back);
+  sched.state.store(run_state::running, std::memory_order_seq_cst);
+  sched.extra_spares = 0;
+#if GORT_ASAN
+  // Under ASan a starting thread allocates (ASan's thread set-up frees into its quarantine)
+  // before it reaches gort, so it needs the allocator's size-class locks. A G held for
+  // preemption inside ASan's allocator (preempt.cpp) keeps such a lock, and a hand-off that
+  // has to create the M meant to carry a P back to it then hangs at the thread's start: seen
+  // once in CI with 100 us slices. Parked spares make hand-offs reuse threads instead; more
+  // than this many Gs held at once still creates threads, as without ASan. Started before the
+  // first M, so that main_fn sees them all.
+  if (sched.sysmon_on && sched.async_preempt && sched.max_threads >= 64)
+    for (; sched.extra_spares < 16; ++sched.extra_spares) newm(nullptr, spin::no);
+#endif
+  if (!newm(sched.ps[0], spin::no)) GORT_THROW("cannot start the first M");
+  // One spare M, parked: the first hand-off (a preemption, a long blocking call) would
+  // otherwise wait for a thread to be created, measured at 2-4 ms here.
+  if (sched.sysmon_on && sched.max_threads > 1) newm(nullptr, spin::no);
+  sysmon_start();
+
+  mc.done.sleep();
+
+  // Shutdown: stop taking foreign work, wait for foreign submitters in flight, then wake every
+  // M so it sees the state and exits. Ms running a G exit when that G next enters the
+  // scheduler; the G is abandoned.
+  sched.state.store(run_state::stopping, std::memory_order_seq_cst);
+  sched.sysmon_note.wakeup();  // it stops Gs that are still running (sysmon.cpp)
+  while (sched.foreign.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  std::vector<m*> ms;
+  {
+    spin_guard l(sched.lock);
+    ms = sched.ms;
+  }
+  for (;;) {
+    for (m* mp : ms) mp->park.wakeup();
+    if (sched.nmrunning.load() == 0) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    spin_guard l(sched.lock);
+    ms = sched.ms;
+  }
+  sysmon_stop();  // before the joins: it may still be signalling a thread on its way out
+  for (m* mp : ms)
+    if (mp->thr.joinable()) mp->thr.join();
+  uninstall_preempt_handler();
+  teardown();
+  sched.state.store(run_state::stopped, std::memory_order_seq_cst);
+}
+
+}  // namespace gort::rt

@@ -1,0 +1,472 @@
+// gort: the G lifecycle: a G's creation in a stack of the pool, its start, exit and join, the
+// free lists of dead Gs, and the scavenger that gives their memory back. g.hpp has the
+// vocabulary (g_new, g_start, g_discard, g_join, g_release), shared with gort.hpp's detail::
+// entry points, which are defined here too.
+//
+// Concurrency: a G is held by one owner at a time (g.hpp's set_status checks the hand-overs).
+// Its frame is shared by the running G and at most one handle (task, thread): `refs` counts
+// them, and the last to let go recycles it. Completion is published through join_state
+// (0 running, 1 done, else the joiner's wait_state), which goexit exchanges and a joiner CASes,
+// so exactly one of them wakes the joiner. A P's free list is owned by the P; the global list
+// of chains is under sched.gfree_lock.
+#include "g.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <new>
+#include <stdexcept>
+
+#include "alloc.hpp"
+#include "proc.hpp"
+#include "wait.hpp"
+
+namespace gort::rt {
+
+namespace {
+
+// A P keeps at most this many dead Gs; past it, half go to the global free list.
+constexpr std::uint32_t gfree_max = 64;
+// G ids handed to a P at a time.
+constexpr std::uint64_t goid_batch = 16;
+
+// Free lists. A P keeps up to gfree_max dead Gs; past that, half of them move to the global
+// list as one chain, and a P that runs out takes one whole chain back. Moving chains, not Gs,
+// matters: a dead G's descriptor was last written by the P where it died, so walking a list of
+// them one by one is a cache miss per G, which a lock-holding loop would serialise (measured:
+// that loop was 65% of g_reserve_new's time in the spawn benchmark at procs = 2). The chain
+// to give away is this P's own most recent Gs, whose lines it still holds.
+void gfpush_chain(g* head, std::uint32_t n) GORT_REQUIRES(sched.gfree_lock) {
+  sched.gfree_lock.assert_held();
+  head->gfree_next_chain = sched.gfree;
+  head->gfree_chain_len = n;
+  sched.gfree = head;
+  sched.ngfree.fetch_add(n, std::memory_order_relaxed);
+}
+
+// sched.gfree non-null.
+g* gfget_chain(std::uint32_t& n) GORT_REQUIRES(sched.gfree_lock) {
+  sched.gfree_lock.assert_held();
+  g* head = sched.gfree;
+  n = head->gfree_chain_len;
+  sched.gfree = head->gfree_next_chain;
+  const std::uint32_t left = sched.ngfree.load(std::memory_order_relaxed) - n;
+  sched.ngfree.store(left, std::memory_order_relaxed);
+  sched.ngfree_low = std::min(sched.ngfree_low, left);
+  return head;
+}
+
+// p::ngfree == length of p::gfree (debug builds; at most gfree_max long).
+void check_gfree(p* pp) {
+#if GORT_DEBUG
+  std::uint32_t n = 0;
+  for (g* gp = pp->gfree; gp; gp = gp->schedlink) ++n;
+  GORT_ASSERT(n == pp->ngfree, "P %u: ngfree = %u but its free list holds %u Gs", pp->id, pp->ngfree, n);
+#else
+  (void)pp;
+#endif
+}
+
+// gp is dead (its frame destroyed) or was reserved and never started.
+void gfput(p* pp, g* gp) {
+  GORT_ASSERT(gp->status.load(std::memory_order_relaxed) == gstatus::dead ||
+                  gp->status.load(std::memory_order_relaxed) == gstatus::idle,
+              "G %llu freed while %d", static_cast<unsigned long long>(gp->id),
+              static_cast<int>(gp->status.load(std::memory_order_relaxed)));
+  gp->status.store(gstatus::idle, std::memory_order_relaxed);
+  if (!pp) {
+    gp->schedlink = nullptr;
+    spin_guard l(sched.gfree_lock);
+    gfpush_chain(gp, 1);
+    return;
+  }
+  gp->schedlink = pp->gfree;
+  pp->gfree = gp;
+  if (++pp->ngfree >= gfree_max) {
+    g* head = pp->gfree;
+    g* last = head;
+    for (std::uint32_t i = 1; i < gfree_max / 2; ++i) last = last->schedlink;
+    pp->gfree = last->schedlink;
+    pp->ngfree -= gfree_max / 2;
+    last->schedlink = nullptr;
+    spin_guard l(sched.gfree_lock);
+    gfpush_chain(head, gfree_max / 2);
+  }
+  check_gfree(pp);
+}
+
+g* gfget(p* pp) {
+  if (pp && !pp->gfree) {
+    if (sched.ngfree.load(std::memory_order_relaxed) == 0) return nullptr;
+    spin_guard l(sched.gfree_lock);
+    if (!sched.gfree) return nullptr;
+    pp->gfree = gfget_chain(pp->ngfree);
+  }
+  if (pp && pp->gfree) {
+    g* gp = pp->gfree;
+    pp->gfree = gp->schedlink;
+    pp->ngfree--;
+    // The next spawn's descriptor (and the frame area below it): start fetching it now.
+    if (pp->gfree) __builtin_prefetch(pp->gfree, 1);
+    return gp;
+  }
+  if (!pp) {
+    spin_guard l(sched.gfree_lock);
+    if (!sched.gfree) return nullptr;
+    std::uint32_t n;
+    g* gp = gfget_chain(n);
+    if (g* rest = gp->schedlink) gfpush_chain(rest, n - 1);
+    return gp;
+  }
+  return nullptr;
+}
+
+constexpr std::size_t g_reserve = (sizeof(g) + 63) & ~std::size_t{63};
+
+// sched.ngfree == sum of the chain lengths on sched.gfree (debug builds; O(chains), so only
+// from the scavenger, once per period).
+void check_global_gfree() GORT_REQUIRES(sched.gfree_lock) {
+#if GORT_DEBUG
+  std::uint64_t n = 0;
+  for (g* h = sched.gfree; h; h = h->gfree_next_chain) n += h->gfree_chain_len;
+  GORT_ASSERT(n == sched.ngfree.load(std::memory_order_relaxed),
+              "ngfree = %u but the global free chains hold %llu Gs",
+              sched.ngfree.load(std::memory_order_relaxed), static_cast<unsigned long long>(n));
+#endif
+}
+
+// Scavenging. The free lists keep a dead G's stack committed, which is what makes spawning
+// cheap, but after a spike of a million Gs it would also keep gigabytes resident for good.
+// sysmon calls this once per scavenge_period: it frees half of the global list's low-water
+// mark over that period (the Gs no spawn needed), beyond a reserve, and each freed G's stack
+// goes back to the pool with its memory released (then trim() unmaps chunks left empty).
+// Halving rather than freeing the whole surplus at once keeps a program that spikes every few
+// seconds from paying for fresh pages every time. Per-P lists (at most gfree_max each) and
+// the main G are never touched. Returns the number of Gs freed.
+
+}  // namespace
+
+std::size_t scavenge_gs() noexcept {
+  g* chains = nullptr;  // detached chains, linked through gfree_next_chain
+  std::uint32_t taken = 0;
+  {
+    spin_guard l(sched.gfree_lock);
+    check_global_gfree();
+    const std::uint32_t low = sched.ngfree_low;
+    const std::uint32_t want = low > scavenge_keep ? (low - scavenge_keep + 1) / 2 : 0;
+    while (taken < want && sched.gfree) {
+      std::uint32_t k;
+      g* h = gfget_chain(k);
+      h->gfree_next_chain = chains;
+      h->gfree_chain_len = k;
+      chains = h;
+      taken += k;
+    }
+    sched.ngfree_low = sched.ngfree.load(std::memory_order_relaxed);
+  }
+  if (!taken) return 0;
+  // Out of allg (the deadlock report and teardown walk it), in batches so that the scheduler
+  // never waits long for sched.lock: each removal is a swap with the last entry.
+  constexpr std::uint32_t batch = 256;
+  g* h = chains;
+  g* gp = h;
+  while (gp) {
+    spin_guard l(sched.lock);
+    GORT_ASSERT(!sched.allg.empty(), "scavenging Gs that allg does not hold");
+    for (std::uint32_t k = 0; k < batch && gp; ++k) {
+      g* last = sched.allg.back();
+      sched.allg[gp->allg_index] = last;
+      last->allg_index = gp->allg_index;
+      sched.allg.pop_back();
+      if (!(gp = gp->schedlink) && (h = h->gfree_next_chain)) gp = h;
+    }
+  }
+  for (h = chains; h;) {
+    g* next_chain = h->gfree_next_chain;
+    for (gp = h; gp;) {
+      g* next = gp->schedlink;
+      gp->fib.destroy();
+      const stack s = gp->stk;
+      gp->~g();
+      sched.stacks->release(s);
+      gp = next;
+    }
+    h = next_chain;
+  }
+  sched.stacks->trim();
+  return taken;
+}
+
+namespace {
+
+g* gcreate() {
+  stack s = sched.stacks->get();  // std::bad_alloc on ENOMEM
+  void* at = static_cast<char*>(s.top()) - g_reserve;
+  g* gp = ::new (at) g;
+  gp->stk = s;
+  spin_guard l(sched.lock);
+  gp->allg_index = static_cast<std::uint32_t>(sched.allg.size());
+  sched.allg.push_back(gp);
+  return gp;
+}
+
+std::uint64_t new_goid(p* pp) {
+  if (!pp) return sched.goid_gen.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (pp->goid_next == pp->goid_end) {
+    pp->goid_next = sched.goid_gen.fetch_add(goid_batch, std::memory_order_relaxed) + 1;
+    pp->goid_end = pp->goid_next + goid_batch;
+  }
+  return pp->goid_next++;
+}
+
+[[noreturn]] void die_exception(g* gp, const char* what) {
+  std::fprintf(stderr, "gort: G %llu terminated by exception: %s\n",
+               static_cast<unsigned long long>(gp->id), what);
+  std::fflush(stderr);
+  std::terminate();
+}
+
+void recycle(g* gp) {
+  if (gp->destroy) gp->destroy(gp->frame);
+  if (gp->frame_on_heap) free_mem(gp->frame);
+  gp->frame = nullptr;
+  gp->frame_on_heap = false;
+  gp->destroy = nullptr;
+  stack_pool::set_owner(gp->stk, 0);
+  m* mp = getm();
+  gfput(mp ? mp->curp : nullptr, gp);
+}
+
+void goexit_commit(fiber* f, void*) {
+  g* gp = g_of(f);
+  if (gp->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) recycle(gp);
+}
+
+[[noreturn]] void goexit(g* gp) {
+  gp->nopreempt.store(1, std::memory_order_relaxed);  // runtime code from here on
+  if (gp->lockedm) {
+    // Still locked (lock_os_thread without unlock): the wiring ends with the G.
+    gp->curm->lockedg = nullptr;
+    gp->lockedm = nullptr;
+    gp->locked = 0;
+  }
+  if (gp->joinable) {
+    std::uintptr_t old = gp->join_state.exchange(1, std::memory_order_acq_rel);
+    if (old > 1) {
+      // The joiner has no deadline and nobody else wakes it: the claim cannot fail.
+      auto* ws = reinterpret_cast<wait_state*>(old);
+      if (!claim(*ws)) GORT_THROW("G %llu: its joiner was already woken", static_cast<unsigned long long>(gp->id));
+      finish(*ws);
+    }
+  }
+  set_status(gp, gstatus::running, gstatus::dead, std::memory_order_release);
+  leave(gp, {goexit_commit, nullptr}, leave_mode::dying);
+  std::abort();
+}
+
+void g_entry(fiber*, void* arg) {
+  g* gp = static_cast<g*>(arg);
+  gp->nopreempt.store(0, std::memory_order_relaxed);  // out of the scheduler, into user code
+  try {
+    gp->body(gp->frame);
+  } catch (const std::exception& e) {
+    die_exception(gp, e.what());
+  } catch (...) {
+    die_exception(gp, "an exception not derived from std::exception");
+  }
+  goexit(gp);
+}
+
+// Makes a reserved G (frame placed) ready to run: its fiber, its hold count, its owner tag.
+void g_prepare(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept {
+  gp->body = body;
+  gp->destroy = destroy;
+  gp->joinable = joinable;
+  gp->refs.store(joinable ? 2 : 1, std::memory_order_relaxed);
+  gp->nopreempt.store(1, std::memory_order_relaxed);  // g_entry clears it
+  gp->lockedm = nullptr;
+  gp->locked = 0;
+  gp->join_state.store(0, std::memory_order_relaxed);
+  char* top = gp->frame_on_heap ? reinterpret_cast<char*>(gp) : static_cast<char*>(gp->frame);
+  char* lo = static_cast<char*>(gp->stk.lo);
+  gp->fib.init(lo, static_cast<std::size_t>(top - lo) & ~std::size_t{15}, g_entry, gp);
+  stack_pool::set_owner(gp->stk, gp->id);
+  set_status(gp, gstatus::idle, gstatus::runnable, std::memory_order_release);
+}
+
+struct join_ctx {
+  g* target;
+  wait_state* ws;
+};
+
+// After the joiner is off its stack (or, for a thread, before it sleeps): publish its
+// wait_state, unless the target finished meanwhile.
+void join_commit(fiber*, void* arg) {
+  auto* jc = static_cast<join_ctx*>(arg);
+  g* target = jc->target;
+  wait_state* ws = jc->ws;
+  std::uintptr_t expect = 0;
+  // After a successful CAS the joiner may be woken (and its stack reused) at any moment: touch
+  // nothing of it afterwards.
+  if (!target->join_state.compare_exchange_strong(expect, reinterpret_cast<std::uintptr_t>(ws),
+                                                  std::memory_order_acq_rel)) {
+    claim(*ws);  // finished meanwhile: nobody else can claim it
+    finish(*ws);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The lifecycle (g.hpp's vocabulary)
+
+g* g_new(std::size_t size, std::size_t align, void** frame) {
+  if (align > 64) throw std::invalid_argument("gort: a G's callable needs alignment <= 64");
+  m* mp = getm();
+  p* pp = mp ? mp->curp : nullptr;
+  if (!pp) {
+    // A foreign thread: count ourselves in before looking at the state, so shutdown waits for
+    // us (it sets the state, then waits for foreign == 0).
+    sched.foreign.fetch_add(1, std::memory_order_seq_cst);
+    if (!running(std::memory_order_seq_cst)) {
+      sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+      throw std::logic_error("gort: no runtime is running (start one with gort::run)");
+    }
+  }
+  g* gp = gfget(pp);
+  if (!gp) {
+    try {
+      gp = gcreate();
+    } catch (...) {
+      if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+      throw;
+    }
+  }
+  gp->id = new_goid(pp);
+  char* lim = reinterpret_cast<char*>(gp);
+  if (size <= sched.frame_budget) {
+    gp->frame = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(lim) - size) & ~(std::uintptr_t{align} - 1));
+    gp->frame_on_heap = false;
+  } else {
+    try {
+      gp->frame = alloc(size + 64);
+    } catch (...) {
+      gfput(pp, gp);
+      if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+      throw;
+    }
+    gp->frame_on_heap = true;
+  }
+  *frame = gp->frame;
+  return gp;
+}
+
+bool g_start(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy, bool joinable) noexcept {
+  g_prepare(gp, body, destroy, joinable);
+  m* mp = getm();
+  p* pp = mp ? mp->curp : nullptr;
+  if (pp) {
+    runqput(pp, gp, queue_at::next);
+    wakep();
+    // One slot left: the spawner's own, at the back of the line (give_way).
+    return pp->q.ring_length() >= runq::size - 1;
+  }
+  globrunqput(gp);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // see wakep
+  wakep();
+  sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  return false;
+}
+
+void g_discard(g* gp) noexcept {
+  if (gp->frame_on_heap) free_mem(gp->frame);
+  gp->frame = nullptr;
+  gp->frame_on_heap = false;
+  gp->destroy = nullptr;
+  m* mp = getm();
+  p* pp = mp ? mp->curp : nullptr;
+  gfput(pp, gp);
+  if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+void g_join(g* target) {
+  if (target->join_state.load(std::memory_order_acquire) == 1) return;
+  wait_state ws;
+  join_ctx jc{target, &ws};
+  block(ws, 0, "join", {join_commit, &jc});
+}
+
+void g_release(g* gp) noexcept {
+  if (gp->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) recycle(gp);
+}
+
+g* g_new_main(gort::detail::body_fn body, void* ctx) {
+  g* mg = gcreate();
+  mg->id = sched.goid_gen.fetch_add(1) + 1;
+  mg->frame = reinterpret_cast<char*>(mg) - 64;
+  *static_cast<void**>(mg->frame) = ctx;
+  mg->frame_on_heap = false;
+  g_prepare(mg, body, nullptr, false);
+  return mg;
+}
+
+}  // namespace gort::rt
+
+// ---------------------------------------------------------------------------------------------
+// gort.hpp's detail:: entry points. Each opens a nopreempt_scope before touching runtime state.
+
+namespace gort::detail {
+
+namespace {
+inline rt::g* as_g(gdesc* d) noexcept { return reinterpret_cast<rt::g*>(d); }
+inline const rt::g* as_g(const gdesc* d) noexcept { return reinterpret_cast<const rt::g*>(d); }
+}  // namespace
+
+gdesc* g_new(std::size_t size, std::size_t align, void** frame) {
+  rt::preempt_check();  // a loop that only spawns must still yield its slice
+  rt::nopreempt_scope np;
+  rt::g* gp = rt::g_new(size, align, frame);
+  rt::g* parent = rt::getg();
+  gp->parent = parent ? parent->id : 0;
+  // g_new is called from the launch template, which is inlined into the caller of go/spawn:
+  // this return address points into the user's function.
+  gp->created_at = __builtin_return_address(0);
+  return reinterpret_cast<gdesc*>(gp);
+}
+
+void g_start(gdesc* g, body_fn body, destroy_fn destroy, bool joinable) noexcept {
+  bool spilled;
+  {
+    rt::nopreempt_scope np;
+    spilled = rt::g_start(as_g(g), body, destroy, joinable);
+  }
+  // Back-pressure: a G whose spawning filled its P's queue lets what it spawned run (it goes to
+  // the back of the line), instead of creating Gs faster than anyone runs them, each holding a
+  // stack. Without it a loop spawning 1M short Gs keeps tens of thousands alive at once and
+  // pays for as many fresh stacks (docs/design.md, "Spawn back-pressure").
+  if (spilled) rt::give_way();
+}
+
+void g_discard(gdesc* g) noexcept {
+  rt::nopreempt_scope np;
+  rt::g_discard(as_g(g));
+}
+
+void g_join(gdesc* g) {
+  rt::nopreempt_scope np;
+  rt::g_join(as_g(g));
+}
+
+void g_release(gdesc* g) noexcept {
+  rt::nopreempt_scope np;
+  rt::g_release(as_g(g));
+}
+
+std::uint64_t g_id(const gdesc* g) noexcept { return as_g(g)->id; }
+
+std::uint64_t current_g_id() noexcept {
+  rt::g* gp = rt::getg();
+  return gp ? gp->id : 0;
+}
+
+}  // namespace gort::detail

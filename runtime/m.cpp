@@ -1,0 +1,282 @@
+// gort: the M lifecycle (Go's newm ... mexit): creating Ms and their threads, handing a P to an
+// idle or new M (startm, handoffp), parking an M that has nothing to do (stopm), wiring Ms to
+// locked Gs (stoplockedm, startlockedm), an M's start and exit, the idle-M list, and the
+// runtime's per-M random numbers.
+//
+// Concurrency: an M's own fields are written by its thread; another thread hands it a P only
+// through m::nextp (a release store) followed by a wake-up of m::park, and the M takes it with
+// an exchange (await_p), so a P is never held by two Ms. The idle-M list is under sched.lock.
+#include "m.hpp"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <system_error>
+#include <thread>
+
+#include "alloc.hpp"
+#include "check.hpp"
+#include "overflow.hpp"
+#include "proc.hpp"
+#include "timer_sleeper.hpp"
+
+namespace gort::rt {
+
+namespace {
+// Initial-exec: one fs/tpidr-relative load, and safe to read in the preemption signal handler
+// (no lazy TLS allocation).
+__attribute__((tls_model("initial-exec"))) thread_local m* tls_m = nullptr;
+}  // namespace
+
+m* getm() noexcept {
+  // The asm makes this function opaque: no caller may cache its result across a switch, and
+  // the compiler cannot prove it pure and merge two calls. (docs/design.md "Thread-local state")
+  asm volatile("" ::: "memory");
+  return tls_m;
+}
+
+std::uint64_t fastrand(m* mp) noexcept {
+  std::uint64_t x = mp->rand;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  mp->rand = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+std::uint64_t fastrand_any() noexcept {
+  if (m* mp = getm()) return fastrand(mp);
+  // A plain thread: its own state, seeded from its address (distinct per thread).
+  thread_local std::uint64_t state = 0;
+  if (!state) state = 0x9E3779B97F4A7C15ull ^ reinterpret_cast<std::uintptr_t>(&state);
+  std::uint64_t x = state;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  state = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The idle-M list (sched.lock held)
+
+void mput(m* mp) {
+  sched.lock.assert_held();
+  GORT_ASSERT(!mp->link && !mp->spinning, "M %u goes idle spinning or still linked", mp->id);
+  mp->link = sched.midle;
+  sched.midle = mp;
+  sched.nmidle++;
+}
+
+m* mget() {
+  sched.lock.assert_held();
+  m* mp = sched.midle;
+  if (mp) {
+    sched.midle = mp->link;
+    mp->link = nullptr;
+    sched.nmidle--;
+  }
+  return mp;
+}
+
+bool mremove(m* mp) {
+  sched.lock.assert_held();
+  for (m** pp = &sched.midle; *pp; pp = &(*pp)->link) {
+    if (*pp == mp) {
+      *pp = mp->link;
+      mp->link = nullptr;
+      sched.nmidle--;
+      return true;
+    }
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creating and starting Ms
+
+namespace {
+
+void mstart(m* mp);
+
+[[noreturn]] void die_threads() {
+  GORT_THROW("the program needs more than config.max_threads = %u OS threads (Ms in blocking "
+             "calls, locked to Gs or held for preemption); raise max_threads or block less",
+             sched.max_threads);
+}
+
+}  // namespace
+
+m* newm(p* pp, spin spinning) {
+  std::size_t nm;
+  {
+    spin_guard l(sched.lock);
+    nm = sched.ms.size();
+  }
+  if (nm >= sched.max_threads) die_threads();
+  auto* mp = new m;
+  mp->spinning = spinning == spin::yes;
+  mp->nextp_store(pp);
+  {
+    spin_guard l(sched.lock);
+    mp->id = static_cast<std::uint32_t>(sched.ms.size());
+    sched.ms.push_back(mp);
+  }
+  mp->rand = 0x9E3779B97F4A7C15ull * (std::uint64_t{mp->id} + 1) ^ reinterpret_cast<std::uintptr_t>(mp);
+  sched.nmrunning.fetch_add(1);
+  try {
+    mp->thr = std::thread(mstart, mp);
+  } catch (const std::system_error& e) {
+    // No thread: undo, give the P back. The work stays queued for the Ms that exist.
+    std::fprintf(stderr, "gort: warning: cannot start an M thread: %s\n", e.what());
+    sched.nmrunning.fetch_sub(1);
+    spin_guard l(sched.lock);
+    // Not pop_back: another M may have been pushed since this one.
+    sched.ms.erase(std::find(sched.ms.begin(), sched.ms.end(), mp));
+    if (pp) pidleput(pp);
+    if (spinning == spin::yes && sched.nmspinning.fetch_sub(1) == 0) GORT_THROW("nmspinning went negative");
+    delete mp;
+    return nullptr;
+  }
+  return mp;
+}
+
+// With spin::yes the caller has already counted the new M in nmspinning.
+void startm(p* pp, spin spinning) {
+  m* nm;
+  {
+    spin_guard l(sched.lock);
+    if (!pp) {
+      pp = pidleget();
+      if (!pp) {
+        if (spinning == spin::yes && sched.nmspinning.fetch_sub(1, std::memory_order_seq_cst) == 0)
+          GORT_THROW("nmspinning went negative");
+        return;
+      }
+    }
+    nm = mget();
+    if (nm) {
+      nm->spinning = spinning == spin::yes;
+      nm->nextp_store(pp);
+    }
+  }
+  if (!nm) {
+    newm(pp, spinning);
+    return;
+  }
+  nm->park.wakeup();
+}
+
+// Takes an idle P for mp, if there is one.
+bool acquire_idle_p(m* mp) {
+  p* pp;
+  {
+    spin_guard l(sched.lock);
+    pp = pidleget();
+  }
+  if (pp) acquirep(mp, pp);
+  return pp != nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parking and handing off
+
+p* await_p(m* mp) noexcept {
+  for (;;) {
+    mp->park.clear();  // a wake-up from before this comes with nextp set: checked next
+    if (p* pp = mp->nextp_take()) return pp;
+    if (!running()) return nullptr;
+    mp->park.sleep();
+  }
+}
+
+bool stopm(m* mp) {
+  {
+    spin_guard l(sched.lock);
+    mput(mp);
+  }
+  p* pp = await_p(mp);
+  if (pp) acquirep(mp, pp);
+  return pp != nullptr;
+}
+
+// Finds a user for a P whose M cannot run Gs on it now (the M is in a blocking call, held for
+// preemption, or wired to a G that is not runnable). Work waiting: an M runs it. None: the P
+// goes idle, unless nobody at all is looking for work, in which case a spinning M takes it so
+// that work arriving later is not left to a P nobody watches.
+void handoffp(p* pp) {
+  if (!pp->q.empty() || sched.nglobal.load(std::memory_order_acquire)) {
+    startm(pp, spin::no);
+    return;
+  }
+  std::uint32_t zero = 0;
+  if (sched.nmspinning.load(std::memory_order_seq_cst) + sched.npidle.load(std::memory_order_seq_cst) == 0 &&
+      sched.nmspinning.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) {
+    startm(pp, spin::yes);
+    return;
+  }
+  std::int64_t when = 0;
+  bool work;
+  {
+    spin_guard l(sched.lock);
+    work = sched.nglobal.load(std::memory_order_relaxed) != 0;
+    if (!work) {
+      when = pp->tm.next();
+      pidleput(pp);
+    }
+  }
+  if (work) startm(pp, spin::no);
+  // Its timers now belong to an idle P: make sure the timer sleeper knows about them.
+  else if (when) timer_armed(when);
+}
+
+bool stoplockedm(m* mp) {
+  if (mp->curp) {
+    if (running()) {
+      handoffp(releasep(mp));
+    } else {
+      spin_guard l(sched.lock);
+      pidleput(releasep(mp));
+    }
+  }
+  p* pp = await_p(mp);
+  if (pp) acquirep(mp, pp);
+  return pp != nullptr;
+}
+
+void startlockedm(m* mp, g* gp) {
+  m* lm = gp->lockedm;
+  GORT_ASSERT(lm && lm != mp, "G %llu handed to its own M", static_cast<unsigned long long>(gp->id));
+  p* pp = releasep(mp);
+  lm->nextp_store(pp);
+  lm->park.wakeup();
+}
+
+// ---------------------------------------------------------------------------------------------
+// An M's thread
+
+namespace {
+
+void mexit(m* mp) {
+  heaps_release(mp);
+  mp->g0.destroy();
+  tls_m = nullptr;
+  sched.nmrunning.fetch_sub(1);
+}
+
+void mstart(m* mp) {
+  tls_m = mp;
+  mp->tid = static_cast<unsigned long>(pthread_self());
+  mp->g0.init_thread();
+  mp->eh = thread_eh_globals();
+  ensure_altstack();
+  if (p* pp = mp->nextp_take()) acquirep(mp, pp);
+  schedule(mp);  // without a P it parks first (a spare M)
+  mexit(mp);
+}
+
+}  // namespace
+
+}  // namespace gort::rt
