@@ -52,9 +52,10 @@ bool timers::add(timer* t) {
 
 bool timers::remove(timer* t) noexcept {
   spin_guard l(mu_);
+  // t->idx belongs to the heap holding t and is written under that heap's lock: read it only
+  // once t->heap says that is this heap (under our lock that cannot change but by us).
+  if (t->heap.load(std::memory_order_relaxed) != this) return false;
   std::int32_t i = t->idx;
-  if (i < 0 || static_cast<std::size_t>(i) >= heap_.size() || heap_[static_cast<std::size_t>(i)] != t)
-    return false;
   timer* last = heap_.back();
   heap_.pop_back();
   t->idx = -1;
@@ -88,13 +89,13 @@ int timers::run(std::int64_t now) {
       }
       t->idx = -1;
       // firing before heap: timer_stop reads heap == null (acquire), then must see firing.
-      t->firing.store(true, std::memory_order_relaxed);
+      t->firing.fetch_add(1, std::memory_order_relaxed);
       t->heap.store(nullptr, std::memory_order_release);
       publish();
     }
     // Unlocked: fire may ready a G, which takes run-queue locks, or re-arm this very timer.
     t->fire(t);
-    t->firing.store(false, std::memory_order_release);  // t's memory may be reused from here
+    t->firing.fetch_sub(1, std::memory_order_release);  // t's memory may be reused from here
     ++fired;
   }
 }

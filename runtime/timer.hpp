@@ -31,9 +31,10 @@ struct timer {
   std::int32_t idx = -1;  // position in its heap, under that heap's lock; -1 when not armed
   // The heap t is armed in (null: none). Written under that heap's lock.
   std::atomic<timers*> heap{nullptr};
-  // True from the moment run() takes t off the heap until its fire returns: stop() waits for
-  // it, so memory holding t can be reused as soon as stop() returns.
-  std::atomic<bool> firing{false};
+  // Fires of t under way: counted from the moment run() takes t off the heap until its fire
+  // returns. A count, not a flag: a fire that re-arms t may still be running when another
+  // runner fires t again. stop() waits for zero.
+  std::atomic<std::uint32_t> firing{0};
 };
 
 // Disarms t wherever it is armed, and waits until a fire of t that is already under way has
