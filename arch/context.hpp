@@ -49,10 +49,6 @@ ctx gort_make(void* stack_top, entry_fn fn);
 // its consumer switching from different call sites), where that `ret` would mispredict every
 // time. See the x86-64 stub's header; on AArch64 both are the same code.
 transfer gort_jump_ret(ctx to, void* data);
-// Opt-in variant for coroutines that share their thread's FP control state: identical frame,
-// but MXCSR and the x87 control word are neither saved nor restored. Only for contexts that
-// never change rounding modes or FP exception masks (docs/design.md "FP control state").
-transfer gort_jump_shared_fp(ctx to, void* data);
 }
 
 // A C++ mirror of the saved frame, checked against frame.h so neither side drifts.

@@ -35,8 +35,4 @@
 #error "gort: no context-switch stub for this architecture (x86-64 and AArch64 are supported)"
 #endif
 
-/* Bytes below a stack's top that gort_make uses: the frame plus the entry trampoline's own
- * 16-byte-aligned scratch. Callers that place data at the top of a stack start below this. */
-#define GORT_MAKE_RESERVE 0x100
-
 #endif

@@ -68,8 +68,7 @@
 \name:
 .endm
 
-/* transfer gort_jump(ctx to [x0], void* data [x1]); x1 passes through untouched as data.
- * AArch64 has no MXCSR-like callee-saved FP control, so the shared-FP variant is the same code. */
+/* transfer gort_jump(ctx to [x0], void* data [x1]); x1 passes through untouched as data. */
 FUNC gort_jump
     .cfi_startproc
     BTI_C
@@ -80,11 +79,8 @@ FUNC gort_jump
     .cfi_endproc
     .size   gort_jump, .-gort_jump
 
-    .globl  gort_jump_shared_fp
-    .hidden gort_jump_shared_fp
-    .set    gort_jump_shared_fp, gort_jump
 /* gort_jump already ends in `ret`, which keeps the return-address predictor aligned (see the
- * x86-64 stub for why that matters), so the ret-ending variant is the same code too. */
+ * x86-64 stub for why that matters), so gort_jump_ret is the same code. */
     .globl  gort_jump_ret
     .hidden gort_jump_ret
     .set    gort_jump_ret, gort_jump

@@ -86,9 +86,6 @@ struct fiber {
   // Final switch of a finished fiber: like switch_to, but never returns, and tells ASan to
   // drop this fiber's fake stack.
   [[noreturn]] void exit_to(fiber& to, eh_globals* teh) noexcept;
-
-  // The same switch, but the target shares the thread's FP control state (arch::gort_jump_shared_fp).
-  void switch_to_shared_fp(fiber& to, eh_globals* teh) noexcept;
 };
 
 }  // namespace gort::rt

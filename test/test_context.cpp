@@ -54,12 +54,6 @@ std::uint64_t run_reg_test(transfer (*jump)(ctx, void*), std::uint64_t& mask_b, 
   return mask_a;
 }
 
-#if defined(__x86_64__)
-constexpr std::uint64_t fp_bits = 0x40 | 0x80;  // MXCSR, x87 CW
-#else
-constexpr std::uint64_t fp_bits = 0;  // AArch64: no callee-saved FP control register
-#endif
-
 }  // namespace
 
 TEST_CASE("every callee-saved register survives a switch, both ways", "[context]") {
@@ -86,14 +80,6 @@ TEST_CASE("a context saved by gort_jump resumes through gort_jump_ret and back",
   mask_a = run_reg_test(gort_jump_ret, mask_b, 1000, gort_jump);
   CHECK(mask_a == 0);
   CHECK(mask_b == 0);
-}
-
-TEST_CASE("shared-FP switch keeps GPRs and shares the FP control state", "[context]") {
-  std::uint64_t mask_b = ~0ull;
-  std::uint64_t mask_a = run_reg_test(gort_jump_shared_fp, mask_b, 1000);
-  // Each side finds the other's MXCSR/CW: that is the promise of the shared mode.
-  CHECK(mask_a == fp_bits);
-  CHECK(mask_b == fp_bits);
 }
 
 namespace {
