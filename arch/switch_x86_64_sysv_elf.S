@@ -1,17 +1,15 @@
 /* gort context switch: x86-64, System V ABI, ELF, GNU as.
  *
- * Saved frame of a suspended context (the context handle points at offset 0x00):
+ * A suspended context is the address of its saved frame: callee-saved rbx, rbp, r12-r15, MXCSR,
+ * the x87 control word, and last the pc, laid out slot by slot in frame.h (the one definition;
+ * every access below goes through its GORT_FRAME_* names). The pc slot holds the return address
+ * that the caller's `call` of the stub pushed, so a suspended context is exactly "inside a call
+ * to gort_jump / gort_jump_ret / gort_ontop", and the frame is built right below it.
  *
- *   offset | 0x00         0x04      0x06   | 0x08 | 0x10 | 0x18 | 0x20 | 0x28 | 0x30 | 0x38
- *   -------+------------------------------+------+------+------+------+------+------+-----
- *   holds  | MXCSR        x87 CW    unused | r12  | r13  | r14  | r15  | rbx  | rbp  | pc
- *
- * `pc` is the return address that `call gort_jump` pushed, so a suspended context is exactly
- * "inside a call to gort_jump"; the offsets are defined once in frame.h.
- *
- * Returning: gort_jump and gort_ontop return the struct transfer {from, data} in rax:rdx, as
- * the SysV ABI returns a two-word struct. A fresh context instead starts in gort_entry, which
- * moves rax:rdx to rdi:rsi and calls the entry function with the same struct as its argument.
+ * Returning: the resumed context receives struct transfer {from, data} in rax:rdx, as the SysV
+ * ABI returns a two-word struct (after a gort_ontop, that struct is fn's result). A fresh
+ * context instead starts in gort_entry, which moves rax:rdx to rdi:rsi and calls the entry
+ * function with the same struct as its argument.
  *
  * Cost decisions (measured with bench/switch and a scratch harness of variants, Zen 4):
  *  - Two endings, one frame. The CPU predicts a `ret` from its return-stack buffer (RSB): the
