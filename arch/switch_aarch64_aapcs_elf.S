@@ -1,19 +1,16 @@
 /* gort context switch: AArch64, AAPCS64, ELF, GNU as.
  *
- * Saved frame of a suspended context (the context handle points at offset 0x00):
+ * A suspended context is the address of its saved frame: d8-d15, x19-x28, x29 (fp), x30 (lr)
+ * and the pc, laid out slot by slot in frame.h (the one definition; every access below goes
+ * through its GORT_FRAME_* names). d8-d15 are callee-saved under AAPCS64 (only their low 64
+ * bits); forgetting them is the classic AArch64 coroutine bug, since x86-64 has no callee-saved
+ * vector registers. The pc slot equals the saved x30 for a context suspended in a stub; a fresh
+ * context has pc = gort_entry and x30 = 0. The frame keeps sp 16-byte aligned, as the
+ * architecture requires at every access.
  *
- *   offset | 0x00 .. 0x38 | 0x40 .. 0x88 | 0x90 | 0x98 | 0xa0 | 0xa8
- *   -------+--------------+--------------+------+------+------+-----
- *   holds  | d8 .. d15    | x19 .. x28   | x29  | x30  | pc   | pad
- *
- * d8-d15 are callee-saved under AAPCS64 (only their low 64 bits); forgetting them is the classic
- * AArch64 coroutine bug, since x86-64 has no callee-saved vector registers. `pc` equals the saved
- * x30 for a context suspended in gort_jump; a fresh context has pc = gort_entry and x30 = 0.
- * The frame keeps sp 16-byte aligned, as the architecture requires at every access.
- *
- * Returning: gort_jump and gort_ontop return struct transfer {from, data} in x0:x1. A fresh
- * context starts in gort_entry with the same two registers, which are also the entry function's
- * argument, so no shuffling is needed.
+ * Returning: the resumed context receives struct transfer {from, data} in x0:x1 (after a
+ * gort_ontop, that struct is fn's result). A fresh context starts in gort_entry with the same
+ * two registers, which are also the entry function's argument, so no shuffling is needed.
  *
  * FPCR (rounding mode, flush-to-zero) is not saved: AAPCS64 gives it thread-wide semantics
  * ("modified only by code that knows what it does"), unlike x86-64's callee-saved MXCSR.
@@ -26,18 +23,27 @@
 #define BTI_C
 #endif
 
+/* One stp/ldp moves two slots, named by their frame.h offsets; this checks that frame.h keeps
+ * them adjacent, in that order, as the single instruction requires. */
+.macro PAIR op, ra, rb, base, slot_a, slot_b
+.if (\slot_b) - (\slot_a) - 8
+.error "frame.h: the slot of \rb must directly follow the slot of \ra"
+.endif
+    \op    \ra, \rb, [\base, #(\slot_a)]
+.endm
+
 .macro SAVE_FRAME
     sub     sp, sp, #GORT_FRAME_SIZE
-    stp     d8, d9, [sp, #GORT_FRAME_D8 + 0x00]
-    stp     d10, d11, [sp, #GORT_FRAME_D8 + 0x10]
-    stp     d12, d13, [sp, #GORT_FRAME_D8 + 0x20]
-    stp     d14, d15, [sp, #GORT_FRAME_D8 + 0x30]
-    stp     x19, x20, [sp, #GORT_FRAME_X19 + 0x00]
-    stp     x21, x22, [sp, #GORT_FRAME_X19 + 0x10]
-    stp     x23, x24, [sp, #GORT_FRAME_X19 + 0x20]
-    stp     x25, x26, [sp, #GORT_FRAME_X19 + 0x30]
-    stp     x27, x28, [sp, #GORT_FRAME_X19 + 0x40]
-    stp     x29, x30, [sp, #GORT_FRAME_FP]
+    PAIR    stp, d8, d9, sp, GORT_FRAME_D8, GORT_FRAME_D9
+    PAIR    stp, d10, d11, sp, GORT_FRAME_D10, GORT_FRAME_D11
+    PAIR    stp, d12, d13, sp, GORT_FRAME_D12, GORT_FRAME_D13
+    PAIR    stp, d14, d15, sp, GORT_FRAME_D14, GORT_FRAME_D15
+    PAIR    stp, x19, x20, sp, GORT_FRAME_X19, GORT_FRAME_X20
+    PAIR    stp, x21, x22, sp, GORT_FRAME_X21, GORT_FRAME_X22
+    PAIR    stp, x23, x24, sp, GORT_FRAME_X23, GORT_FRAME_X24
+    PAIR    stp, x25, x26, sp, GORT_FRAME_X25, GORT_FRAME_X26
+    PAIR    stp, x27, x28, sp, GORT_FRAME_X27, GORT_FRAME_X28
+    PAIR    stp, x29, x30, sp, GORT_FRAME_FP, GORT_FRAME_LR
     str     x30, [sp, #GORT_FRAME_PC]
     mov     x4, sp
 .endm
@@ -45,16 +51,16 @@
 /* sp := x0, then restore everything but pc (left in x5). */
 .macro LOAD_FRAME
     mov     sp, x0
-    ldp     d8, d9, [sp, #GORT_FRAME_D8 + 0x00]
-    ldp     d10, d11, [sp, #GORT_FRAME_D8 + 0x10]
-    ldp     d12, d13, [sp, #GORT_FRAME_D8 + 0x20]
-    ldp     d14, d15, [sp, #GORT_FRAME_D8 + 0x30]
-    ldp     x19, x20, [sp, #GORT_FRAME_X19 + 0x00]
-    ldp     x21, x22, [sp, #GORT_FRAME_X19 + 0x10]
-    ldp     x23, x24, [sp, #GORT_FRAME_X19 + 0x20]
-    ldp     x25, x26, [sp, #GORT_FRAME_X19 + 0x30]
-    ldp     x27, x28, [sp, #GORT_FRAME_X19 + 0x40]
-    ldp     x29, x30, [sp, #GORT_FRAME_FP]
+    PAIR    ldp, d8, d9, sp, GORT_FRAME_D8, GORT_FRAME_D9
+    PAIR    ldp, d10, d11, sp, GORT_FRAME_D10, GORT_FRAME_D11
+    PAIR    ldp, d12, d13, sp, GORT_FRAME_D12, GORT_FRAME_D13
+    PAIR    ldp, d14, d15, sp, GORT_FRAME_D14, GORT_FRAME_D15
+    PAIR    ldp, x19, x20, sp, GORT_FRAME_X19, GORT_FRAME_X20
+    PAIR    ldp, x21, x22, sp, GORT_FRAME_X21, GORT_FRAME_X22
+    PAIR    ldp, x23, x24, sp, GORT_FRAME_X23, GORT_FRAME_X24
+    PAIR    ldp, x25, x26, sp, GORT_FRAME_X25, GORT_FRAME_X26
+    PAIR    ldp, x27, x28, sp, GORT_FRAME_X27, GORT_FRAME_X28
+    PAIR    ldp, x29, x30, sp, GORT_FRAME_FP, GORT_FRAME_LR
     ldr     x5, [sp, #GORT_FRAME_PC]
     add     sp, sp, #GORT_FRAME_SIZE
 .endm
@@ -68,8 +74,7 @@
 \name:
 .endm
 
-/* transfer gort_jump(ctx to [x0], void* data [x1]); x1 passes through untouched as data.
- * AArch64 has no MXCSR-like callee-saved FP control, so the shared-FP variant is the same code. */
+/* transfer gort_jump(ctx to [x0], void* data [x1]); x1 passes through untouched as data. */
 FUNC gort_jump
     .cfi_startproc
     BTI_C
@@ -80,11 +85,8 @@ FUNC gort_jump
     .cfi_endproc
     .size   gort_jump, .-gort_jump
 
-    .globl  gort_jump_shared_fp
-    .hidden gort_jump_shared_fp
-    .set    gort_jump_shared_fp, gort_jump
 /* gort_jump already ends in `ret`, which keeps the return-address predictor aligned (see the
- * x86-64 stub for why that matters), so the ret-ending variant is the same code too. */
+ * x86-64 stub for why that matters), so gort_jump_ret is the same code. */
     .globl  gort_jump_ret
     .hidden gort_jump_ret
     .set    gort_jump_ret, gort_jump
@@ -111,18 +113,18 @@ FUNC gort_make
     BTI_C
     and     x0, x0, #~15
     sub     x0, x0, #(GORT_FRAME_SIZE + 16)
-    stp     xzr, xzr, [x0, #GORT_FRAME_D8 + 0x00]
-    stp     xzr, xzr, [x0, #GORT_FRAME_D8 + 0x10]
-    stp     xzr, xzr, [x0, #GORT_FRAME_D8 + 0x20]
-    stp     xzr, xzr, [x0, #GORT_FRAME_D8 + 0x30]
-    stp     x1, xzr, [x0, #GORT_FRAME_X19 + 0x00]
-    stp     xzr, xzr, [x0, #GORT_FRAME_X19 + 0x10]
-    stp     xzr, xzr, [x0, #GORT_FRAME_X19 + 0x20]
-    stp     xzr, xzr, [x0, #GORT_FRAME_X19 + 0x30]
-    stp     xzr, xzr, [x0, #GORT_FRAME_X19 + 0x40]
-    stp     xzr, xzr, [x0, #GORT_FRAME_FP]
+    PAIR    stp, xzr, xzr, x0, GORT_FRAME_D8, GORT_FRAME_D9
+    PAIR    stp, xzr, xzr, x0, GORT_FRAME_D10, GORT_FRAME_D11
+    PAIR    stp, xzr, xzr, x0, GORT_FRAME_D12, GORT_FRAME_D13
+    PAIR    stp, xzr, xzr, x0, GORT_FRAME_D14, GORT_FRAME_D15
+    PAIR    stp, x1, xzr, x0, GORT_FRAME_X19, GORT_FRAME_X20
+    PAIR    stp, xzr, xzr, x0, GORT_FRAME_X21, GORT_FRAME_X22
+    PAIR    stp, xzr, xzr, x0, GORT_FRAME_X23, GORT_FRAME_X24
+    PAIR    stp, xzr, xzr, x0, GORT_FRAME_X25, GORT_FRAME_X26
+    PAIR    stp, xzr, xzr, x0, GORT_FRAME_X27, GORT_FRAME_X28
+    PAIR    stp, xzr, xzr, x0, GORT_FRAME_FP, GORT_FRAME_LR
     adr     x2, gort_entry
-    stp     x2, xzr, [x0, #GORT_FRAME_PC]
+    stp     x2, xzr, [x0, #GORT_FRAME_PC]      /* pc, and zero the unused slot after it */
     stp     xzr, xzr, [x0, #GORT_FRAME_SIZE]   /* a null frame record above the entry frame */
     ret
     .cfi_endproc

@@ -1,17 +1,15 @@
 /* gort context switch: x86-64, System V ABI, ELF, GNU as.
  *
- * Saved frame of a suspended context (the context handle points at offset 0x00):
+ * A suspended context is the address of its saved frame: callee-saved rbx, rbp, r12-r15, MXCSR,
+ * the x87 control word, and last the pc, laid out slot by slot in frame.h (the one definition;
+ * every access below goes through its GORT_FRAME_* names). The pc slot holds the return address
+ * that the caller's `call` of the stub pushed, so a suspended context is exactly "inside a call
+ * to gort_jump / gort_jump_ret / gort_ontop", and the frame is built right below it.
  *
- *   offset | 0x00         0x04      0x06   | 0x08 | 0x10 | 0x18 | 0x20 | 0x28 | 0x30 | 0x38
- *   -------+------------------------------+------+------+------+------+------+------+-----
- *   holds  | MXCSR        x87 CW    unused | r12  | r13  | r14  | r15  | rbx  | rbp  | pc
- *
- * `pc` is the return address that `call gort_jump` pushed, so a suspended context is exactly
- * "inside a call to gort_jump"; the offsets are defined once in frame.h.
- *
- * Returning: gort_jump and gort_ontop return the struct transfer {from, data} in rax:rdx, as
- * the SysV ABI returns a two-word struct. A fresh context instead starts in gort_entry, which
- * moves rax:rdx to rdi:rsi and calls the entry function with the same struct as its argument.
+ * Returning: the resumed context receives struct transfer {from, data} in rax:rdx, as the SysV
+ * ABI returns a two-word struct (after a gort_ontop, that struct is fn's result). A fresh
+ * context instead starts in gort_entry, which moves rax:rdx to rdi:rsi and calls the entry
+ * function with the same struct as its argument.
  *
  * Cost decisions (measured with bench/switch and a scratch harness of variants, Zen 4):
  *  - Two endings, one frame. The CPU predicts a `ret` from its return-stack buffer (RSB): the
@@ -29,9 +27,11 @@
  *  - The frame is written through rax (= the handle we return) while rsp stays put until the
  *    switch, instead of first moving rsp down and writing through it: one instruction fewer
  *    and measurably faster than moving rsp twice.
- *  - MXCSR and the x87 CW are reloaded unconditionally. Skipping ldmxcsr when the target's
- *    value equals the one just saved was tried and is ~25% slower: the compare must wait for
- *    the stmxcsr store to complete.
+ *  - MXCSR and the x87 CW are saved by every stub, because the ABI makes them callee-saved. They
+ *    cost ~40% of a bare switch (bench/switch with and without them: 5.4-5.6 vs 3.1-3.2 ns,
+ *    27 vs 23 instructions), but only ~2.5 ns of a 31 ns scheduler yield.
+ *  - They are reloaded unconditionally. Skipping ldmxcsr when the target's value equals the one
+ *    just saved was tried and is ~25% slower: the compare must wait for the stmxcsr store.
  */
 #include "frame.h"
 
@@ -44,12 +44,10 @@
 /* Save callee-saved state below the return address, without moving rsp: the frame is built
  * through rax, which is also the old context handle we return. Writing below rsp is safe: the
  * 128-byte red zone guarantees no signal frame lands there, and we are about to leave this stack. */
-.macro SAVE_FRAME fpstate
+.macro SAVE_FRAME
     leaq    -GORT_FRAME_PC(%rsp), %rax
-.if \fpstate
     stmxcsr GORT_FRAME_FPCSR(%rax)
     fnstcw  GORT_FRAME_FPCW(%rax)
-.endif
     movq    %r12, GORT_FRAME_R12(%rax)
     movq    %r13, GORT_FRAME_R13(%rax)
     movq    %r14, GORT_FRAME_R14(%rax)
@@ -59,12 +57,10 @@
 .endm
 
 /* Adopt the frame at rdi (rsp := rdi) and restore callee-saved registers, but not pc. */
-.macro LOAD_FRAME fpstate
+.macro LOAD_FRAME
     movq    %rdi, %rsp
-.if \fpstate
     ldmxcsr GORT_FRAME_FPCSR(%rsp)
     fldcw   GORT_FRAME_FPCW(%rsp)
-.endif
     movq    GORT_FRAME_R12(%rsp), %r12
     movq    GORT_FRAME_R13(%rsp), %r13
     movq    GORT_FRAME_R14(%rsp), %r14
@@ -73,7 +69,7 @@
     movq    GORT_FRAME_RBP(%rsp), %rbp
 .endm
 
-.macro JUMP name, fpstate, ending
+.macro JUMP name, ending
     .text
     .globl  \name
     .hidden \name
@@ -82,8 +78,8 @@
 \name:
     .cfi_startproc
     ENTRY_BRANCH
-    SAVE_FRAME \fpstate
-    LOAD_FRAME \fpstate
+    SAVE_FRAME
+    LOAD_FRAME
 .ifc \ending, jmp
     movq    GORT_FRAME_PC(%rsp), %r8
     leaq    GORT_FRAME_SIZE(%rsp), %rsp
@@ -99,11 +95,9 @@
 .endm
 
 /* transfer gort_jump(ctx to [rdi], void* data [rsi]) */
-JUMP gort_jump, 1, jmp
+JUMP gort_jump, jmp
 /* transfer gort_jump_ret(ctx to [rdi], void* data [rsi]) */
-JUMP gort_jump_ret, 1, ret
-/* transfer gort_jump_shared_fp(ctx to [rdi], void* data [rsi]) */
-JUMP gort_jump_shared_fp, 0, jmp
+JUMP gort_jump_ret, ret
 
 /* transfer gort_ontop(ctx to [rdi], void* data [rsi], ontop_fn fn [rdx])
  * Resumes `to` as if its pending gort_jump had called fn({from, data}): the target's pc stays
@@ -117,8 +111,8 @@ gort_ontop:
     .cfi_startproc
     ENTRY_BRANCH
     movq    %rdx, %r8
-    SAVE_FRAME 1
-    LOAD_FRAME 1
+    SAVE_FRAME
+    LOAD_FRAME
     leaq    GORT_FRAME_PC(%rsp), %rsp     /* pc becomes fn's return address */
     movq    %rax, %rdi                    /* fn(transfer{from, data}) */
     jmp     *%r8

@@ -38,9 +38,6 @@ void* new_stack_top() {
 void gort_bouncer(transfer t) {
   for (;;) t = gort_jump(t.from, t.data);
 }
-void gort_bouncer_shared(transfer t) {
-  for (;;) t = gort_jump_shared_fp(t.from, t.data);
-}
 void boost_bouncer(bc::transfer_t t) {
   for (;;) t = bc::jump_fcontext(t.fctx, t.data);
 }
@@ -71,11 +68,6 @@ void BM_gort_jump(benchmark::State& state) {
   for (auto _ : state) c = gort_jump(c, nullptr).from;
   per_switch(state);
 }
-void BM_gort_jump_shared_fp(benchmark::State& state) {
-  ctx c = gort_make(new_stack_top(), gort_bouncer_shared);
-  for (auto _ : state) c = gort_jump_shared_fp(c, nullptr).from;
-  per_switch(state);
-}
 void BM_fcontext_jump(benchmark::State& state) {
   bc::fcontext_t c = bc::make_fcontext(new_stack_top(), stack_bytes, boost_bouncer);
   for (auto _ : state) c = bc::jump_fcontext(c, nullptr).fctx;
@@ -83,7 +75,6 @@ void BM_fcontext_jump(benchmark::State& state) {
 }
 BENCHMARK(BM_gort_jump)->Repetitions(5)->ReportAggregatesOnly(true);
 BENCHMARK(BM_fcontext_jump)->Repetitions(5)->ReportAggregatesOnly(true);
-BENCHMARK(BM_gort_jump_shared_fp)->Repetitions(5)->ReportAggregatesOnly(true);
 
 // The scheduler's shape: both sides run the same loop and switch through one call site, as
 // every G does through fiber::switch_to. Above, the two sides switch from different sites (the
@@ -179,7 +170,6 @@ int main(int argc, char** argv) {
     long n = std::atol(argv[3]);
     std::string which = argv[2];
     if (which == "gort") gort_rounds(gort_jump, gort_bouncer, n);
-    else if (which == "gort_shared_fp") gort_rounds(gort_jump_shared_fp, gort_bouncer_shared, n);
     else if (which == "fcontext") boost_rounds(n);
     else return 2;
     return 0;
@@ -189,11 +179,9 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks(&rep);
   benchmark::Shutdown();
 
-  auto g = rep.median_ns["BM_gort_jump"], f = rep.median_ns["BM_fcontext_jump"],
-       s = rep.median_ns["BM_gort_jump_shared_fp"];
-  std::printf("\nper switch (median of 5)   gort %.2f ns   fcontext %.2f ns   gort shared-FP %.2f ns\n",
-              g, f, s);
-  if (f > 0) std::printf("ratio time gort/fcontext: %.3f   (shared-FP/fcontext: %.3f)\n", g / f, s / f);
+  auto g = rep.median_ns["BM_gort_jump"], f = rep.median_ns["BM_fcontext_jump"];
+  std::printf("\nper switch (median of 5)   gort %.2f ns   fcontext %.2f ns\n", g, f);
+  if (f > 0) std::printf("ratio time gort/fcontext: %.3f\n", g / f);
   auto sj = rep.median_ns["BM_same_site_gort_jump"], sr = rep.median_ns["BM_same_site_gort_jump_ret"],
        sf = rep.median_ns["BM_same_site_fcontext"];
   std::printf("same call site, the scheduler's shape (median of 5)   gort_jump_ret %.2f ns   gort_jump %.2f ns   fcontext %.2f ns\n",
@@ -203,9 +191,8 @@ int main(int argc, char** argv) {
   if (std::system("valgrind --version >/dev/null 2>&1") == 0) {
     double ig = instructions_per_switch(argv[0], "gort");
     double ifc = instructions_per_switch(argv[0], "fcontext");
-    double is = instructions_per_switch(argv[0], "gort_shared_fp");
-    std::printf("instructions per switch (callgrind, loop included)   gort %.1f   fcontext %.1f   gort shared-FP %.1f\n",
-                ig, ifc, is);
+    std::printf("instructions per switch (callgrind, loop included)   gort %.1f   fcontext %.1f\n",
+                ig, ifc);
     if (ifc > 0) std::printf("ratio instructions gort/fcontext: %.3f\n", ig / ifc);
   } else {
     std::printf("instructions per switch: valgrind not installed\n");

@@ -63,7 +63,7 @@ void fresh_entry(arch::transfer t) {
   fiber* self = static_cast<hop*>(t.data)->to;
   arrive(*self, t);
   self->entry(self, self->entry_arg);
-  // An entry must leave with exit_to; there is no caller to return to.
+  // An entry must leave with a final switch; there is no caller to return to.
   std::abort();
 }
 
@@ -120,13 +120,6 @@ void fiber::switch_to(fiber& to, eh_globals* teh, bool final) noexcept {
   hop h{this, &to};
   before_jump(*this, to, teh, final);
   arch::transfer t = arch::gort_jump_ret(to.ctx, &h);
-  arrive(*this, t);
-}
-
-void fiber::switch_to_shared_fp(fiber& to, eh_globals* teh) noexcept {
-  hop h{this, &to};
-  before_jump(*this, to, teh, false);
-  arch::transfer t = arch::gort_jump_shared_fp(to.ctx, &h);
   arrive(*this, t);
 }
 

@@ -65,7 +65,7 @@ struct fiber {
   void* entry_arg = nullptr;
 
   // Makes this fiber a fresh context on [lo, lo+size); entry runs on first switch into it and
-  // must end with exit_to(). `arg` is handed to entry.
+  // must end with a final switch (exit_to, or switch_to with `final`). `arg` is handed to entry.
   void init(void* lo, std::size_t size, void (*entry)(fiber* self, void* arg), void* arg);
 
   // Adopts the calling thread's current execution (its native stack) as a fiber, so it can
@@ -73,7 +73,7 @@ struct fiber {
   void init_thread() noexcept;
 
   // Releases sanitizer state; call once the fiber is dead and suspended for the last time
-  // (exit_to) or, for a thread fiber, before the thread ends.
+  // (its final switch) or, for a thread fiber, before the thread ends.
   void destroy() noexcept;
 
   // Switches from this (running) fiber to `to` (suspended). `teh` is the running thread's
@@ -86,9 +86,6 @@ struct fiber {
   // Final switch of a finished fiber: like switch_to, but never returns, and tells ASan to
   // drop this fiber's fake stack.
   [[noreturn]] void exit_to(fiber& to, eh_globals* teh) noexcept;
-
-  // The same switch, but the target shares the thread's FP control state (arch::gort_jump_shared_fp).
-  void switch_to_shared_fp(fiber& to, eh_globals* teh) noexcept;
 };
 
 }  // namespace gort::rt

@@ -54,12 +54,6 @@ std::uint64_t run_reg_test(transfer (*jump)(ctx, void*), std::uint64_t& mask_b, 
   return mask_a;
 }
 
-#if defined(__x86_64__)
-constexpr std::uint64_t fp_bits = 0x40 | 0x80;  // MXCSR, x87 CW
-#else
-constexpr std::uint64_t fp_bits = 0;  // AArch64: no callee-saved FP control register
-#endif
-
 }  // namespace
 
 TEST_CASE("every callee-saved register survives a switch, both ways", "[context]") {
@@ -88,12 +82,113 @@ TEST_CASE("a context saved by gort_jump resumes through gort_jump_ret and back",
   CHECK(mask_b == 0);
 }
 
-TEST_CASE("shared-FP switch keeps GPRs and shares the FP control state", "[context]") {
-  std::uint64_t mask_b = ~0ull;
-  std::uint64_t mask_a = run_reg_test(gort_jump_shared_fp, mask_b, 1000);
-  // Each side finds the other's MXCSR/CW: that is the promise of the shared mode.
-  CHECK(mask_a == fp_bits);
-  CHECK(mask_b == fp_bits);
+namespace {
+// What gort_test_regs_roundtrip(seed) loads into each callee-saved register before it switches
+// (the K_i of test/regs_*.S, plus seed), and where frame.h says the stub stores it.
+#if defined(__x86_64__)
+std::uint64_t wrong_slots(const frame& f, std::uint64_t seed) {
+  const std::uint64_t got[] = {f.rbx, f.rbp, f.r12, f.r13, f.r14, f.r15};
+  const std::uint64_t k[] = {0x1111111111111111, 0x2222222222222222, 0x3333333333333333,
+                             0x4444444444444444, 0x5555555555555555, 0x6666666666666666};
+  std::uint64_t bad = 0;
+  for (int i = 0; i < 6; ++i)
+    if (got[i] != k[i] + seed) bad |= 1ull << i;
+  if (f.mxcsr != mxcsr_a) bad |= 1ull << 6;
+  if (f.fpcw != fpcw_a) bad |= 1ull << 7;
+  return bad;
+}
+#else
+std::uint64_t wrong_slots(const frame& f, std::uint64_t seed) {
+  const std::uint64_t got[] = {f.x19, f.x20, f.x21, f.x22, f.x23, f.x24, f.x25, f.x26, f.x27,
+                               f.x28, f.fp,  f.d8,  f.d9,  f.d10, f.d11, f.d12, f.d13, f.d14,
+                               f.d15};
+  const std::uint64_t k[] = {0x1919191919191919, 0x2020202020202020, 0x2121212121212121,
+                             0x2222222222222222, 0x2323232323232323, 0x2424242424242424,
+                             0x2525252525252525, 0x2626262626262626, 0x2727272727272727,
+                             0x2828282828282828, 0x2929292929292929, 0x0808080808080808,
+                             0x0909090909090909, 0x1010101010101010, 0x1111111111111111,
+                             0x1212121212121212, 0x1313131313131313, 0x1414141414141414,
+                             0x1515151515151515};
+  std::uint64_t bad = 0;
+  for (int i = 0; i < 19; ++i)
+    if (got[i] != k[i] + seed) bad |= 1ull << i;
+  if (f.lr != reinterpret_cast<std::uint64_t>(f.pc)) bad |= 1ull << 19;
+  return bad;
+}
+#endif
+
+struct slot_test {
+  std::uint64_t seed = 0;
+  std::uint64_t bad = 0;
+  bool pc_in_caller = true;
+  int inspected = 0;
+  transfer (*jump)(ctx, void*) = gort_jump;
+};
+slot_test* slots;
+
+// Reads the frame of the context that just switched here (suspended inside
+// gort_test_regs_roundtrip's call of the stub), then switches straight back.
+void inspect_entry(transfer t) {
+  for (;;) {
+    const frame& f = *frame_of(t.from);
+    slots->bad |= wrong_slots(f, slots->seed);
+    // pc is the return address of that call: inside gort_test_regs_roundtrip (under 1 KiB long).
+    auto pc = reinterpret_cast<std::uintptr_t>(f.pc);
+    auto fn = reinterpret_cast<std::uintptr_t>(&gort_test_regs_roundtrip);
+    if (pc <= fn || pc >= fn + 1024) slots->pc_in_caller = false;
+    ++slots->inspected;
+    t = slots->jump(t.from, nullptr);
+  }
+}
+
+void check_frame_slots(transfer (*jump)(ctx, void*)) {
+  test_stack st;
+  slot_test s;
+  s.jump = jump;
+  slots = &s;
+  void* peer = gort_make(st.top(), inspect_entry);
+  std::uint64_t lost = 0;
+  for (std::uint64_t seed = 1; seed <= 100; ++seed) {
+    s.seed = seed;
+    lost |= gort_test_regs_roundtrip(&peer, seed, mxcsr_a, fpcw_a, jump);
+  }
+  CHECK(s.inspected == 100);
+  CHECK(s.bad == 0);
+  CHECK(s.pc_in_caller);
+  CHECK(lost == 0);
+}
+}  // namespace
+
+TEST_CASE("a suspended context's frame holds each register in the slot frame.h names",
+          "[context]") {
+  SECTION("gort_jump") { check_frame_slots(gort_jump); }
+  SECTION("gort_jump_ret") { check_frame_slots(gort_jump_ret); }
+}
+
+TEST_CASE("gort_make's frame holds fn, zeroed registers and a null link above it", "[context]") {
+  test_stack st;
+  ctx c = gort_make(st.top(), reg_b_entry);
+  const frame& f = *frame_of(c);
+  // The frame sits 16 bytes below the (16-byte aligned) top, which hold the null link: a null
+  // return address on x86-64, a null frame record on AArch64.
+  CHECK(static_cast<char*>(c) + GORT_FRAME_SIZE + 16 == st.top());
+  const auto* above =
+      reinterpret_cast<const std::uint64_t*>(static_cast<char*>(c) + GORT_FRAME_SIZE);
+  CHECK(above[0] == 0);
+  CHECK(f.pc != nullptr);
+  const auto fn = reinterpret_cast<std::uint64_t>(&reg_b_entry);
+#if defined(__x86_64__)
+  CHECK(f.rbx == fn);
+  CHECK(f.rbp == 0);  // frame-pointer walkers stop here
+  CHECK((f.r12 | f.r13 | f.r14 | f.r15) == 0);
+#else
+  CHECK(above[1] == 0);
+  CHECK(f.x19 == fn);
+  CHECK((f.x20 | f.x21 | f.x22 | f.x23 | f.x24 | f.x25 | f.x26 | f.x27 | f.x28) == 0);
+  CHECK((f.d8 | f.d9 | f.d10 | f.d11 | f.d12 | f.d13 | f.d14 | f.d15) == 0);
+  CHECK(f.fp == 0);  // frame-pointer walkers stop here
+  CHECK(f.lr == 0);
+#endif
 }
 
 namespace {
@@ -227,8 +322,8 @@ TEST_CASE("the entry frame stops unwinders", "[context]") {
   CHECK(unwind_frames <= 5);
 }
 
+#if defined(__x86_64__)  // AArch64's FPCR is per thread, not part of a context
 TEST_CASE("a fresh context inherits the creator's FP control state", "[context]") {
-#if defined(__x86_64__)
   // run_reg_test covers switching; here: make() captures MXCSR at creation time.
   std::uint32_t saved;
   asm volatile("stmxcsr %0" : "=m"(saved));
@@ -238,7 +333,5 @@ TEST_CASE("a fresh context inherits the creator's FP control state", "[context]"
   ctx c = gort_make(st.top(), echo_entry);
   asm volatile("ldmxcsr %0" : : "m"(saved));
   CHECK(frame_of(c)->mxcsr == want);
-#else
-  SUCCEED("AArch64 keeps FPCR per thread");
-#endif
 }
+#endif

@@ -159,7 +159,7 @@ after_test* at;
 void publish(fiber* left, void* arg) {
   auto* s = static_cast<after_test*>(arg);
   // We run on main's stack; the fiber that left has its context recorded already.
-  int here;
+  int here = 0;  // only its address is used; initialised for -Wmaybe-uninitialized
   s->co_off_stack_when_published = !s->st.contains(&here) && left->ctx != nullptr;
   s->parked = left;
 }
