@@ -4,8 +4,6 @@
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -316,19 +314,6 @@ TEST_CASE("timer: a short timer armed as an M goes to sleep on a long one is not
 // ---------------------------------------------------------------------------------------------
 // sleep_for / sleep_until, and an idle runtime that must not burn CPU
 
-namespace {
-
-std::chrono::nanoseconds cpu_time() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto tv = [](const timeval& t) {
-    return std::chrono::seconds(t.tv_sec) + std::chrono::microseconds(t.tv_usec);
-  };
-  return tv(ru.ru_utime) + tv(ru.ru_stime);
-}
-
-}  // namespace
-
 TEST_CASE("sleep never wakes early", "[sleep]") {
   no_procs_env env;
   const unsigned procs = GENERATE(1u, 4u);
@@ -604,10 +589,10 @@ TEST_CASE("an idle runtime uses almost no CPU", "[sleep][idle]") {
     // Let the Ms go idle: the first M to find nothing spins briefly (spin_before_park_ns)
     // before it parks. A short sleep of the main G covers that, outside the window.
     gort::sleep_for(20ms);
-    const auto c0 = cpu_time();
+    const auto c0 = process_cpu_time();
     const auto w0 = steady::now();
     gort::sleep_for(300ms);
-    const auto c1 = cpu_time();
+    const auto c1 = process_cpu_time();
     const auto w1 = steady::now();
     out.cpu = c1 - c0;
     out.wall = w1 - w0;
