@@ -19,14 +19,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct clean_env {
-  no_procs_env procs;
-  clean_env() {
-    for (const char* v : {"GORT_TIME_SLICE", "GORT_ASYNC_PREEMPT", "GORT_SYSMON", "GORT_MAX_THREADS"})
-      unsetenv(v);
-  }
-};
-
 // Ms the runtime has, not counting the parked spares an ASan build starts with.
 std::size_t nms() {
   gort::rt::spin_guard l(gort::rt::sched.lock);

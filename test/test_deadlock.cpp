@@ -17,13 +17,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct clean_env {
-  no_procs_env procs;
-  clean_env() {
-    for (const char* v : {"GORT_SYSMON", "GORT_DEADLOCK", "GORT_ASYNC_PREEMPT"}) unsetenv(v);
-  }
-};
-
 bool has(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
 // Runs body as the main G of a fresh runtime in a child; returns what happened.

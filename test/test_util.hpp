@@ -2,12 +2,15 @@
 #pragma once
 
 #include <sys/mman.h>
+#include <sys/resource.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdlib>
 #include <new>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "gort/config.hpp"
 #include "gort_build_config.h"
@@ -68,15 +71,15 @@ inline gort::config with_procs(unsigned n, gort::pin_policy pin = gort::pin_poli
   return c;
 }
 
-// GORT_PROCS overrides config.procs; a value inherited from the environment would make the
-// procs assertions meaningless, so each test case runs with it unset (and restores it).
-// Sets an environment variable for a scope, restoring what was there.
+// Sets an environment variable for a scope (unsets it if value is null), restoring what was
+// there.
 struct scoped_env {
   std::string name;
   std::optional<std::string> saved;
   scoped_env(const char* n, const char* value) : name(n) {
     if (const char* v = std::getenv(n)) saved = v;
-    setenv(n, value, 1);
+    if (value) setenv(n, value, 1);
+    else unsetenv(n);
   }
   ~scoped_env() {
     if (saved) setenv(name.c_str(), saved->c_str(), 1);
@@ -86,16 +89,58 @@ struct scoped_env {
   scoped_env& operator=(const scoped_env&) = delete;
 };
 
-struct no_procs_env {
-  std::optional<std::string> saved;
-  no_procs_env() {
-    if (const char* v = std::getenv("GORT_PROCS")) saved = v;
-    unsetenv("GORT_PROCS");
-  }
-  ~no_procs_env() {
-    if (saved) setenv("GORT_PROCS", saved->c_str(), 1);
-    else unsetenv("GORT_PROCS");
-  }
-  no_procs_env(const no_procs_env&) = delete;
-  no_procs_env& operator=(const no_procs_env&) = delete;
+// GORT_PROCS overrides config.procs; a value inherited from the environment would make the
+// procs assertions meaningless, so each test case runs with it unset (and restores it).
+struct no_procs_env : scoped_env {
+  no_procs_env() : scoped_env("GORT_PROCS", nullptr) {}
 };
+
+// Keeps the environment from overriding what a test configures: every variable that overrides
+// a gort::config field is unset for the scope (and restored after it).
+struct clean_env {
+  no_procs_env procs;
+  scoped_env time_slice{"GORT_TIME_SLICE", nullptr};
+  scoped_env async_preempt{"GORT_ASYNC_PREEMPT", nullptr};
+  scoped_env sysmon{"GORT_SYSMON", nullptr};
+  scoped_env scavenge_period{"GORT_SCAVENGE_PERIOD", nullptr};
+  scoped_env deadlock{"GORT_DEADLOCK", nullptr};
+  scoped_env max_threads{"GORT_MAX_THREADS", nullptr};
+};
+
+// CPU time the whole process has used, user and system, over all its threads.
+inline std::chrono::nanoseconds process_cpu_time() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto tv = [](const timeval& t) {
+    return std::chrono::seconds(t.tv_sec) + std::chrono::microseconds(t.tv_usec);
+  };
+  return tv(ru.ru_utime) + tv(ru.ru_stime);
+}
+
+// Values 0..n-1 handed out over several receivers, each of which lists what it got: counts
+// that show whether every value arrived exactly once (then out_of_range and repeated are 0 and
+// total is n).
+struct delivery_count {
+  long total = 0;         // values received, over all the lists
+  long out_of_range = 0;  // values outside 0..n-1
+  long repeated = 0;      // receipts of a value already received
+};
+template <class T>
+delivery_count count_deliveries(const std::vector<std::vector<T>>& lists, long n) {
+  delivery_count c;
+  std::vector<bool> seen(static_cast<std::size_t>(n), false);
+  for (const auto& list : lists) {
+    c.total += static_cast<long>(list.size());
+    for (const T v : list) {
+      const long x = static_cast<long>(v);
+      if (x < 0 || x >= n) {
+        ++c.out_of_range;
+      } else if (seen[static_cast<std::size_t>(x)]) {
+        ++c.repeated;
+      } else {
+        seen[static_cast<std::size_t>(x)] = true;
+      }
+    }
+  }
+  return c;
+}
