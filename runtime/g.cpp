@@ -369,7 +369,7 @@ bool g_start(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy
     runqput(pp, gp, queue_at::next);
     wakep();
     // One slot left: the spawner's own, at the back of the line (give_way).
-    return pp->q.ring_length() >= runq::size - 1;
+    return pp->q.owner().ring_length() >= runq::size - 1;
   }
   globrunqput(gp);
   std::atomic_thread_fence(std::memory_order_seq_cst);  // see wakep

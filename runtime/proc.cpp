@@ -82,7 +82,7 @@ g* globrunqget(p* pp, std::uint32_t max) GORT_REQUIRES(sched.lock) {
   g* cur = first;
   for (std::uint32_t i = 0; i < take; ++i) {
     g* nx = cur->schedlink;
-    if (i > 0) pp->q.put_back(cur);  // in order at the back: they run after what is queued
+    if (i > 0) pp->q.owner().put_back(cur);  // in order at the back: they run after what is queued
     sched.ghead = nx;
     cur = nx;
   }
@@ -96,9 +96,9 @@ g* globrunqget(p* pp, std::uint32_t max) GORT_REQUIRES(sched.lock) {
 void runqput_slow(p* pp, g* gp, queue_at where) {
   g* batch[spill_batch];
   for (;;) {
-    std::uint32_t n = pp->q.grab_half_for_spill(batch);
+    std::uint32_t n = pp->q.owner().grab_half_for_spill(batch);
     if (n == 0) {  // a thief made room meanwhile
-      if (where == queue_at::back ? pp->q.put_back(gp) : pp->q.put(gp)) return;
+      if (where == queue_at::back ? pp->q.owner().put_back(gp) : pp->q.owner().put(gp)) return;
       continue;
     }
     batch[n++] = gp;
@@ -113,9 +113,9 @@ void runqput_slow(p* pp, g* gp, queue_at where) {
 inline void runqput_back(p* pp, g* gp) {
   // The old end stays sorted by stamp (runq.hpp): no newer than the G it goes behind.
   std::int64_t stamp = pp->stamp_ns.load(std::memory_order_relaxed);
-  if (g* old = pp->q.peek_oldest()) stamp = std::min(stamp, old->queued_at.load(std::memory_order_relaxed));
+  if (g* old = pp->q.owner().peek_oldest()) stamp = std::min(stamp, old->queued_at.load(std::memory_order_relaxed));
   gp->queued_at.store(stamp, std::memory_order_relaxed);
-  if (!pp->q.put_back(gp, sched.nprocs == 1)) [[unlikely]] runqput_slow(pp, gp, queue_at::back);
+  if (!pp->q.owner().put_back(gp, sched.nprocs == 1)) [[unlikely]] runqput_slow(pp, gp, queue_at::back);
 }
 
 }  // namespace
@@ -128,10 +128,10 @@ bool runqput(p* pp, g* gp, queue_at where) {
     return true;
   }
   const bool alone = sched.nprocs == 1;
-  gp = pp->q.put_next(gp, alone);
+  gp = pp->q.owner().put_next(gp, alone);
   if (!gp) return false;
   gp->queued_at.store(pp->stamp_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  if (!pp->q.put(gp, alone)) runqput_slow(pp, gp, queue_at::next);
+  if (!pp->q.owner().put(gp, alone)) runqput_slow(pp, gp, queue_at::next);
   return true;
 }
 
@@ -296,8 +296,7 @@ g* steal_work(m* mp, p* pp) {
       if (last) {
         // Run the victim's due timers: it may be stuck in a long G, or idle.
         check_timers(p2, now);
-        bool inherit;
-        if (g* gp = pp->q.get(inherit)) return gp;
+        if (g* gp = pp->q.owner().get()) return gp;
         // A running P's runnext is usually the partner its G is about to hand over to (a
         // channel ping-pong, a woken waiter): stealing it at once moves every hand-off across
         // cores. Give the victim a moment to run it itself first, as Go does (runqgrab).
@@ -312,10 +311,10 @@ g* steal_work(m* mp, p* pp) {
           while (nanotime() < until) cpu_relax();
           if (p2->schedtick.load(std::memory_order_relaxed) != tick) take_next = false;
         }
-        if (std::uint32_t got = p2->q.grab(pp->q, take_next)) return pp->q.commit_steal(got);
+        if (std::uint32_t got = p2->q.thief().grab(pp->q.owner(), take_next)) return pp->q.owner().commit_steal(got);
         continue;
       }
-      if (std::uint32_t got = p2->q.grab(pp->q, false)) return pp->q.commit_steal(got);
+      if (std::uint32_t got = p2->q.thief().grab(pp->q.owner(), false)) return pp->q.owner().commit_steal(got);
     }
   }
   return nullptr;
@@ -337,8 +336,7 @@ top:
   pp->stamp_ns.store(now, std::memory_order_relaxed);  // fresh stamps for what this P queues next (runqput)
   check_timers(pp, now);
 
-  bool inherit;
-  if (g* gp = pp->q.get(inherit)) return gp;
+  if (g* gp = pp->q.owner().get()) return gp;
 
   if (sched.nglobal.load(std::memory_order_acquire)) {
     spin_guard l(sched.lock);
@@ -357,7 +355,7 @@ top:
     std::int64_t until = nanotime() + spin_before_park_ns;
     do {
       for (int i = 0; i < 64; ++i) cpu_relax();
-      if (g* gp = pp->q.get(inherit)) return gp;
+      if (g* gp = pp->q.owner().get()) return gp;
       if (sched.nglobal.load(std::memory_order_acquire)) {
         spin_guard l(sched.lock);
         if (g* gp = globrunqget(pp, 0)) return gp;
@@ -410,7 +408,6 @@ top:
   } else if (std::int64_t w = pp->tm.next(); w && w <= nanotime()) {
     return nullptr;
   }
-  bool inherit;
   const bool alone = sched.nprocs == 1;
   if (--pp->global_countdown == 0) {
     // Fairness: the global queue, then the ring's oldest G if it has waited a time slice, so
@@ -428,16 +425,16 @@ top:
     // until it is done (runq.hpp).
     const std::int64_t stale_period = stale_slices * sched.time_slice_ns;
     if (tick - pp->stale_pick_ns >= stale_period) {
-      g* old = pp->q.peek_oldest();
+      g* old = pp->q.owner().peek_oldest();
       if (old && tick - old->queued_at.load(std::memory_order_relaxed) >= stale_period) {
-        if (g* gp = pp->q.get_oldest(alone)) {
+        if (g* gp = pp->q.owner().get_oldest(alone)) {
           pp->stale_pick_ns = tick;
           return gp;
         }
       }
     }
   }
-  return pp->q.get(inherit, alone);
+  return pp->q.owner().get(alone);
 }
 
 // The common case inline (no timer armed on this P, not the 1-in-61 look): a few loads and the
@@ -448,8 +445,7 @@ inline g* fast_next(p* pp, bool fire) {
       [[unlikely]]
     return fast_next_full(pp, fire);
   --pp->global_countdown;
-  bool inherit;
-  return pp->q.get(inherit, sched.nprocs == 1);
+  return pp->q.owner().get(sched.nprocs == 1);
 }
 
 }  // namespace
