@@ -366,6 +366,7 @@ bool g_start(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
   if (pp) {
+    pp->q.owner().note_spawn(pp->schedtick.load(std::memory_order_relaxed));
     runqput(pp, gp, queue_at::next);
     wakep();
     // One slot left: the spawner's own, at the back of the line (give_way).

@@ -117,6 +117,7 @@ m* newm(p* pp, spin spinning) {
   }
   if (nm >= sched.max_threads) die_threads();
   auto* mp = new m;
+  mp->watch.resize(sched.nprocs);
   mp->spinning = spinning == spin::yes;
   mp->nextp_store(pp);
   {

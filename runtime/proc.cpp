@@ -47,6 +47,21 @@ constexpr std::uint32_t defer_wake_calls = 2;
 constexpr std::int64_t spin_before_park_ns = 20'000;
 // How long a thief leaves a running P's runnext alone before taking it (Go: 3 us).
 constexpr std::int64_t runnext_grace_ns = 3'000;
+// A running P's ring of at most short_ring Gs is left alone by thieves until its oldest G has
+// waited ring_grace_ns, unless the P spawned within its last spawn_recent schedules (steal_work,
+// ring_aged). Measured on bench/select (4 producers feeding one consumer, procs = 2): the
+// consumer's P readies a producer every few values and a thief took each one across cores at
+// once, 400,000 steals per 2M selects, so the row cost 210-240 ns whenever this VM's two vCPUs
+// sat far apart (a cache-line round trip of 450 ns instead of 100) and 70-75 ns when close;
+// with the grace about 22,000 steals, 130-145 ns far and 64-68 ns close. 8: a hand-off
+// pipeline keeps a few Gs queued (select up to 3, chanthru up to 7; limits of 2 and 4 helped
+// chanthru less). Spawners are exempt: with the length test alone skynet ran 5-20% slower
+// when far apart, its rings falling to 8 or fewer at every subtree's end; with the exemption
+// skynet, fib and spawn measure as before. 3 us as for runnext (10 us measured no better).
+// 64 schedules is not tuned: the pipelines above spawn only when they start.
+constexpr std::uint32_t short_ring = 8;
+constexpr std::int64_t ring_grace_ns = runnext_grace_ns;
+constexpr std::uint32_t spawn_recent = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Run queues
@@ -282,6 +297,34 @@ void resetspinning(m* mp) {
   if (stop_spinning(mp) == 1) wakep();
 }
 
+// Whether a thief may take from p2's ring now. A running P with a short ring that is not
+// spawning is usually handing Gs over that it runs itself a moment later (a consumer readying
+// the producers it drains, woken waiters): moving each to another core costs more in cache
+// traffic than running it here, and in a pipeline every item then crosses cores. So such a
+// ring is taken only once its oldest G has stood there for ring_grace_ns, as this thief sees
+// it across its looks (the watch: the G at the old end and when this thief first saw it there;
+// the owner runs the newest first, so an oldest G that stays put is really waiting). Idle or
+// blocked Ps, long rings and Ps that are spawning (fork-join: what they queue is new work to
+// spread) are stolen from at once. A G waits at most the grace longer than before for an idle
+// P: the thief keeps looking meanwhile (findrunnable does not park while any ring holds work).
+bool ring_aged(m* mp, p* p2) {
+  const auto q = p2->q.thief();
+  const std::uint32_t len = q.ring_length();
+  if (len == 0 || len > short_ring || p2->status.load(std::memory_order_relaxed) != prunning ||
+      p2->schedtick.load(std::memory_order_relaxed) - q.spawn_tick() < spawn_recent ||
+      p2->id >= mp->watch.size())
+    return true;
+  m::ring_watch& w = mp->watch[p2->id];
+  g* oldest = q.peek_oldest();
+  const std::int64_t now = nanotime();
+  if (w.oldest != oldest) {
+    w.oldest = oldest;
+    w.since = now;
+    return false;
+  }
+  return now - w.since >= ring_grace_ns;
+}
+
 g* steal_work(m* mp, p* pp) {
   const std::uint32_t n = sched.nprocs;
   std::int64_t now = 0;
@@ -304,6 +347,7 @@ g* steal_work(m* mp, p* pp) {
         // now (a ping-pong pair): what sits there is a fresh hand-off, not a G left waiting,
         // and taking it would split the pair across cores (measured: ~6,000 such steals per
         // million round trips at procs = 2 before this check).
+        if (!ring_aged(mp, p2)) continue;
         bool take_next = last;
         if (p2->q.only_next() && p2->status.load(std::memory_order_relaxed) == prunning) {
           const std::uint32_t tick = p2->schedtick.load(std::memory_order_relaxed);
@@ -314,6 +358,7 @@ g* steal_work(m* mp, p* pp) {
         if (std::uint32_t got = p2->q.thief().grab(pp->q.owner(), take_next)) return pp->q.owner().commit_steal(got);
         continue;
       }
+      if (!ring_aged(mp, p2)) continue;
       if (std::uint32_t got = p2->q.thief().grab(pp->q.owner(), false)) return pp->q.owner().commit_steal(got);
     }
   }

@@ -311,6 +311,9 @@ class basic_runq {
 
   alignas(64) std::atomic<std::uint64_t> ht_{0};
   std::atomic<g*> next_{nullptr};
+  // The owner's schedule number (p::schedtick) at its last spawn: a hint for thieves, on the
+  // line they read anyway (steal_work exempts a P that is spawning from the short-ring grace).
+  std::atomic<std::uint32_t> spawn_tick_{0};
   std::atomic<g*> buf_[size] = {};
 #if GORT_DEBUG
   std::atomic<bool> owner_busy_{false};
@@ -362,6 +365,8 @@ class basic_runq<N>::owner_view {
   }
   // The G at the old end, left in place (a hint: a thief may take it meanwhile).
   g* peek_oldest() const noexcept { return q_.peek_oldest(); }
+  // Records that the owner spawned a G at its schedule number `tick`.
+  void note_spawn(std::uint32_t tick) const noexcept { q_.spawn_tick_.store(tick, std::memory_order_relaxed); }
   bool full() const noexcept { return q_.full(); }
   std::uint32_t ring_length() const noexcept { return q_.ring_length(); }
 
@@ -389,6 +394,12 @@ class basic_runq<N>::thief_view {
     owner_scope s(dst.q_);
     return q_.grab(dst.q_, take_next);
   }
+
+  // What sat at the old end at some moment, and the ring's length then (hints).
+  g* peek_oldest() const noexcept { return q_.peek_oldest(); }
+  std::uint32_t ring_length() const noexcept { return q_.ring_length(); }
+  // The owner's schedule number at its last spawn (a hint).
+  std::uint32_t spawn_tick() const noexcept { return q_.spawn_tick_.load(std::memory_order_relaxed); }
 
   bool has_next() const noexcept { return q_.has_next(); }
   bool only_next() const noexcept { return q_.only_next(); }

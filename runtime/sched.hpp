@@ -206,6 +206,14 @@ struct m {
   unsigned long tid = 0;  // pthread_t, for the preemption signal
   g* lockedg = nullptr;   // this M runs only this G (lock_os_thread)
   g* handoff = nullptr;   // a G wired to another M, dequeued here: g0 passes it on
+  // What this M, as a thief, last saw at the old end of each P's ring (indexed by P id) and
+  // since when: steal_work leaves a running P's short ring alone until its oldest G has waited
+  // ring_grace_ns (proc.cpp, ring_aged). Sized to the Ps by newm; touched only by this M.
+  struct ring_watch {
+    g* oldest = nullptr;
+    std::int64_t since = 0;
+  };
+  std::vector<ring_watch> watch;
   p* oldp = nullptr;      // the P held when the current blocking call began
   std::uint32_t oldp_word = 0;  // the status word that call gave oldp (psyscall_word)
 

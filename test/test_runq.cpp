@@ -66,7 +66,7 @@ concept can_grab_into_ring = requires(T& t, runq& dst) { t.grab(dst, false); };
 
 }  // namespace
 
-TEST_CASE("the owner's operations are reachable only through owner(), stealing only through thief()",
+TEST_CASE("the owner's operations are reachable only through owner() and stealing only through thief()",
           "[runq][types]") {
   // The ring itself offers neither side's operations, only the two views and the hints.
   STATIC_REQUIRE_FALSE(can_put<runq>);
@@ -175,7 +175,7 @@ TEMPLATE_TEST_CASE("a ring of N slots holds exactly N from either end while posi
   }
 }
 
-TEMPLATE_TEST_CASE("a spill takes the oldest half of a full ring, and nothing from a ring with room",
+TEMPLATE_TEST_CASE("a spill takes the oldest half of a full ring and nothing from a ring with room",
                    "[runq][spill]", basic_runq<4>, basic_runq<8>, runq) {
   constexpr std::uint32_t n = TestType::size;
   auto t = make_tokens(static_cast<int>(n) + 8);
@@ -257,7 +257,7 @@ TEST_CASE("with a single P (alone) the owner's operations give the same results"
   REQUIRE(alone.empty());
 }
 
-TEST_CASE("under concurrent thieves every G is taken exactly once", "[runq][stress]") {
+TEST_CASE("under concurrent thieves every G is taken exactly once (overflow kept aside)", "[runq][stress]") {
   const int rounds = 200 / static_cast<int>(test_scale()) + 2;
   const int per_round = 20000 / static_cast<int>(test_scale()) + 500;
   constexpr int nthieves = 3;
