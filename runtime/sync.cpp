@@ -619,8 +619,7 @@ std::uint64_t barrier_core::arrive(std::ptrdiff_t n, bool drop, void (*complete)
       qguard g(qlock_);
       remaining_ = expected_;
       ++phase_;
-      list = static_cast<wnode*>(head_);
-      head_ = tail_ = nullptr;
+      list = wqueue{{head_, tail_}}.detach_all();
     }
     for (wnode* x = list; x;) {
       wnode* next = x->next;
