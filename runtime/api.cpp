@@ -7,6 +7,7 @@
 #include "proc.hpp"
 #include "timer_sleeper.hpp"
 #include "wait.hpp"
+#include "waitq.hpp"
 
 namespace gort {
 
@@ -20,9 +21,14 @@ void sleep_commit(fiber* f, void*) {
   arm_timer(getm()->curp, &g_of(f)->sleep_timer);
 }
 
-// wait_group's lock: held for a few instructions, never across a block (park releases it once
-// the G is off its stack).
-void unlock_commit(fiber*, void* l) { spin_unlock(*static_cast<std::atomic<std::uint32_t>*>(l)); }
+// A parked wait(): no deadline, so every node popped is claimed by the add() that pops it.
+struct wg_node {
+  wait_state ws;
+  wg_node* next = nullptr;
+  wg_node* prev = nullptr;
+  bool queued = false;
+};
+using wg_queue = waitq<wg_node, waitq_words<wg_node>>;
 
 }  // namespace
 }  // namespace rt
@@ -82,18 +88,22 @@ void wait_group::add(int delta) {
   }
   if (counter > 0 || n == 0 || delta >= 0) return;
   rt::nopreempt_scope np;
+  rt::wg_queue q{{head_, tail_}};
+  rt::wg_node* first = nullptr;  // the n oldest, claimed, chained through `next` once popped
+  rt::wg_node** last = &first;
   rt::spin_lock(lock_);
-  auto* first = static_cast<rt::waiter*>(head_);
-  rt::waiter* last = first;
-  for (std::uint32_t i = 1; i < n; ++i) last = last->next;
-  head_ = last->next;
-  if (!head_) tail_ = nullptr;
-  last->next = nullptr;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    rt::wg_node* w = q.pop();
+    GORT_CHECK(w && rt::claim(w->ws), "wait_group: %u waiters counted, fewer claimable queued", n);
+    *last = w;
+    last = &w->next;
+  }
+  *last = nullptr;
   state_.fetch_sub(n, std::memory_order_acq_rel);
   rt::spin_unlock(lock_);
-  for (rt::waiter* w = first; w;) {
-    rt::waiter* next = w->next;  // read first: a woken waiter's memory may vanish
-    rt::wake(w);
+  for (rt::wg_node* w = first; w;) {
+    rt::wg_node* next = w->next;  // read first: a finished waiter's memory may vanish
+    rt::finish(w->ws);
     w = next;
   }
 }
@@ -109,11 +119,9 @@ void wait_group::wait() {
       return;
     }
   } while (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel));
-  rt::waiter w;
-  if (tail_) static_cast<rt::waiter*>(tail_)->next = &w;
-  else head_ = &w;
-  tail_ = &w;
-  rt::wait_on(w, "wait_group", {rt::unlock_commit, &lock_});
+  rt::wg_node w;
+  rt::wg_queue{{head_, tail_}}.push_back(&w);
+  rt::block(w.ws, 0, "wait_group", rt::unlocking(lock_));
 }
 
 void thread::check_joinable(const char* what) const {

@@ -12,7 +12,7 @@
 // `winner` and finish()es it.
 //
 // The node protocol:
-//  - A node is linked and unlinked only under its channel's lock, and `in_queue` says whether
+//  - A node is linked and unlinked only under its channel's lock, and `queued` says whether
 //    it is linked; both are read and written only under that lock.
 //  - A waker (a party serving a queue, or close) unlinks the head node and claims its
 //    wait_state while holding the lock. If the claim fails (another case of the same select
@@ -23,7 +23,7 @@
 //    release it). So the waker may unlock first and finish() after (unbuffered hand-offs also
 //    move the element then, outside the critical section).
 //  - An owner that wakes (finished, timed out) relocks each of its channels and unlinks every
-//    node of its own still marked in_queue. A waker that dequeued one of them before has
+//    node of its own still marked queued. A waker that dequeued one of them before has
 //    already let go (it did so under the lock the owner now holds), and no waker can find them
 //    afterwards, so the nodes (and the wait_state) may die when the owner returns.
 //  - A node whose wait_state can be released by nobody but a waker (a plain send/receive
@@ -105,6 +105,7 @@
 #include "alloc.hpp"
 #include "proc.hpp"
 #include "wait.hpp"
+#include "waitq.hpp"
 
 namespace gort::detail {
 
@@ -115,44 +116,19 @@ struct chan_waiter {
   chan_waiter* prev = nullptr;
   rt::wait_state* ws = nullptr;
   void* elem = nullptr;  // send: the value to move from; receive: where to construct it
-  bool in_queue = false;
+  bool queued = false;
   bool sole = false;
   bool ok = false;  // written by the waker before finish: element moved (false: closed)
 };
 
-struct waitq {
-  chan_waiter* head = nullptr;
-  chan_waiter* tail = nullptr;
-
-  void push(chan_waiter* w) noexcept {
-    w->next = nullptr;
-    w->prev = tail;
-    if (tail) tail->next = w;
-    else head = w;
-    tail = w;
-    w->in_queue = true;
-  }
-  void unlink(chan_waiter* w) noexcept {
-    if (w->prev) w->prev->next = w->next;
-    else head = w->next;
-    if (w->next) w->next->prev = w->prev;
-    else tail = w->prev;
-    w->in_queue = false;
-  }
+struct waitq : rt::waitq<chan_waiter> {
   // The oldest waiter that can still be taken, claimed for the caller; stale select nodes
-  // and timed-out waiters met on the way are dropped (their owners find them unlinked).
+  // and timed-out waiters met on the way are dropped (their owners find them unlinked). A
+  // sole waiter (no deadline, not a select) is taken without a claim: nobody else can race.
   chan_waiter* take() noexcept {
-    while (chan_waiter* w = head) {
-      head = w->next;
-      if (head) head->prev = nullptr;
-      else tail = nullptr;
-      w->in_queue = false;
-      if (w->sole || rt::claim(*w->ws)) {
-        w->ws->winner = w;
-        return w;
-      }
-    }
-    return nullptr;
+    chan_waiter* w = pop_if([](chan_waiter* x) { return x->sole || rt::claim(*x->ws); });
+    if (w) w->ws->winner = w;
+    return w;
   }
 };
 
@@ -324,9 +300,6 @@ inline void hand_over(chan_core* c, void* dst, void* src, chan_waiter* w) noexce
   rt::finish(*w->ws);
 }
 
-// A park's commit: releases the lock its G took (the analysis cannot follow it there).
-void unlock_one(rt::fiber*, void* c) noexcept GORT_NO_TSA { static_cast<chan_core*>(c)->lock.unlock(); }
-
 // Holding c's lock: queue w (already pointing at its value or destination) on q and block until
 // a waker finishes it (true) or the deadline passes (false: w is taken off the queue again).
 // Returns without the lock.
@@ -335,10 +308,10 @@ void unlock_one(rt::fiber*, void* c) noexcept GORT_NO_TSA { static_cast<chan_cor
   rt::wait_state ws;
   w.ws = &ws;
   w.sole = deadline_ns == 0;
-  q.push(&w);
-  if (rt::block(ws, deadline_ns, reason, {unlock_one, c})) return true;
+  q.push_back(&w);
+  if (rt::block(ws, deadline_ns, reason, rt::unlocking(c->lock))) return true;
   c->lock.lock();
-  if (w.in_queue) q.unlink(&w);
+  if (w.queued) q.unlink(&w);
   if (c->rg.cap) sync_flags(c);
   c->lock.unlock();
   return false;
@@ -627,23 +600,16 @@ void chan_null(const char* op) {
 namespace {
 
 // Fills order[0..n) with a uniformly random permutation (inside-out Fisher-Yates), drawing
-// from a per-thread xorshift64*. One call per select, with no switch inside, so the
-// thread-local is never cached across a G's migration (docs/design.md "Thread-local state").
-[[gnu::noinline]] void select_order(std::uint32_t* order, std::size_t n) noexcept {
-  static thread_local std::uint64_t state = 0;
-  std::uint64_t s = state;
-  if (s == 0) s = (reinterpret_cast<std::uintptr_t>(&state) ^ static_cast<std::uint64_t>(rt::nanotime())) | 1;
+// from the runtime's PRNG. fastrand_any() finds its state (the M's, or a plain thread's) on
+// every call, out of line, so nothing thread-local is cached here across a G's migration.
+void select_order(std::uint32_t* order, std::size_t n) noexcept {
   order[0] = 0;
   for (std::size_t i = 1; i < n; ++i) {
-    s ^= s >> 12;
-    s ^= s << 25;
-    s ^= s >> 27;
-    const std::uint64_t r = (s * 0x2545F4914F6CDD1Dull) >> 32;  // 32 good bits
-    const std::size_t j = (r * (i + 1)) >> 32;                  // uniform in [0, i]
+    const std::uint64_t r = rt::fastrand_any() >> 32;  // the 32 best bits of xorshift64*
+    const std::size_t j = (r * (i + 1)) >> 32;        // uniform in [0, i]
     order[i] = static_cast<std::uint32_t>(i);
     std::swap(order[i], order[j]);
   }
-  state = s;
 }
 
 struct lockset {
@@ -824,7 +790,7 @@ std::size_t chan_select(select_case* cs, std::size_t n, std::int64_t deadline_ns
     chan_waiter& w = *::new (&nodes[i]) chan_waiter;
     w.ws = &ws;
     w.elem = cs[i].elem;
-    (cs[i].send ? cs[i].c->sendq : cs[i].c->recvq).push(&w);
+    (cs[i].send ? cs[i].c->sendq : cs[i].c->recvq).push_back(&w);
   }
   const bool woken = rt::block(ws, deadline_ns, "select", {unlock_set, &ls});
 
@@ -833,7 +799,7 @@ std::size_t chan_select(select_case* cs, std::size_t n, std::int64_t deadline_ns
   ls.lock();
   for (std::size_t i = 0; i < n; ++i) {
     chan_waiter& w = nodes[i];
-    if (w.in_queue) (cs[i].send ? cs[i].c->sendq : cs[i].c->recvq).unlink(&w);
+    if (w.queued) (cs[i].send ? cs[i].c->sendq : cs[i].c->recvq).unlink(&w);
   }
   for (std::size_t j = 0; j < nlocks; ++j)
     if (chans[j]->rg.cap) sync_flags(chans[j]);

@@ -109,13 +109,6 @@ struct alignas(64) g {  // (the fiber must stay first: g_of)
   const void* created_at = nullptr;
 };
 
-// Something blocked until woken: a G (parked) or a plain OS thread (on a futex).
-struct waiter {
-  g* gp = nullptr;  // null: an OS thread waiting on `flag`
-  std::atomic<std::uint32_t> flag{0};
-  waiter* next = nullptr;
-};
-
 // P states. A P in psyscall or ppreempted still belongs to its M until sysmon (or the M
 // itself, on its way out) moves it on with a CAS; see docs/design.md "sysmon".
 enum : std::uint32_t {

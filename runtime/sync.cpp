@@ -19,6 +19,7 @@
 #include "sched.hpp"
 #include "proc.hpp"
 #include "wait.hpp"
+#include "waitq.hpp"
 
 namespace gort {
 
@@ -32,56 +33,13 @@ struct wnode {
   bool writer = false;  // shared_mutex: a writer (else a reader)
 };
 
-// A doubly linked FIFO over a type's head_/tail_ words (kept as void* in the public header).
-// All calls under the owner's qlock_.
-struct wqueue {
-  void*& h;
-  void*& t;
-  wnode* head() const noexcept { return static_cast<wnode*>(h); }
-  bool empty() const noexcept { return h == nullptr; }
-  void push_back(wnode* n) noexcept {
-    n->next = nullptr;
-    n->prev = static_cast<wnode*>(t);
-    if (n->prev) n->prev->next = n;
-    else h = n;
-    t = n;
-    n->queued = true;
-  }
-  void push_front(wnode* n) noexcept {
-    n->prev = nullptr;
-    n->next = static_cast<wnode*>(h);
-    if (n->next) n->next->prev = n;
-    else t = n;
-    h = n;
-    n->queued = true;
-  }
-  void remove(wnode* n) noexcept {
-    if (n->prev) n->prev->next = n->next;
-    else h = n->next;
-    if (n->next) n->next->prev = n->prev;
-    else t = n->prev;
-    n->next = n->prev = nullptr;
-    n->queued = false;
-  }
-  wnode* pop() noexcept {
-    wnode* n = head();
-    if (n) remove(n);
-    return n;
-  }
-  // The first waiter that can still be claimed; timed-out ones are dropped (their owners find
-  // themselves unqueued and leave).
-  wnode* pop_claim() noexcept {
-    while (wnode* n = pop())
-      if (rt::claim(n->ws)) return n;
-    return nullptr;
-  }
-};
-
-void unlock_commit(rt::fiber*, void* l) { rt::spin_unlock(*static_cast<std::atomic<std::uint32_t>*>(l)); }
+// The FIFO over a type's head_/tail_ words (kept as void* in the public header). All calls
+// under the owner's qlock_.
+using wqueue = rt::waitq<wnode, rt::waitq_words<wnode>>;
 
 // Blocks on n (queued under ql, which the caller holds); ql is released once committed.
 bool park_on(wnode& n, std::atomic<std::uint32_t>& ql, std::int64_t deadline, const char* reason) {
-  return rt::block(n.ws, deadline, reason, {unlock_commit, &ql});
+  return rt::block(n.ws, deadline, reason, rt::unlocking(ql));
 }
 
 struct qguard {
@@ -161,7 +119,7 @@ void qunlock_commit(rt::fiber*, void* st) {
 bool mutex::lock_slow(std::int64_t deadline) {
   rt::preempt_check();
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   std::int64_t wait_start = 0;
   bool starving = false, awoke = false;
   int iter = 0;
@@ -215,7 +173,7 @@ bool mutex::lock_slow(std::int64_t deadline) {
       qlock_bit(state_);
       std::uint32_t clear = m_qlock;
       if (n.queued) {
-        q.remove(&n);
+        q.unlink(&n);
         if (q.empty()) clear |= m_waiters | m_starving;
       }
       state_.fetch_and(~clear, std::memory_order_release);
@@ -234,7 +192,7 @@ bool mutex::lock_slow(std::int64_t deadline) {
 }
 
 bool mutex::unlock_quiet() {
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   std::uint32_t old = state_.load(std::memory_order_relaxed);
   for (;;) {
     if (!(old & m_locked)) not_permitted("gort::mutex::unlock: the mutex is not locked");
@@ -295,7 +253,7 @@ namespace {
 constexpr std::uint64_t rw_writer = 1, rw_pending = 2, rw_reader = 4;
 
 void rw_grant(std::atomic<std::uint64_t>& st, wqueue& q) noexcept {
-  while (wnode* n = q.head()) {
+  while (wnode* n = q.first()) {
     const std::uint64_t s = st.load(std::memory_order_relaxed);
     if (n->writer) {
       if (s & ~rw_pending) break;  // held: its release grants
@@ -349,7 +307,7 @@ bool rw_lock_slow(std::atomic<std::uint64_t>& st, wqueue q, std::atomic<std::uin
   if (park_on(n, ql, deadline, "rwmutex")) return true;  // granted: rw_grant added us to state
   qguard g(ql);
   if (n.queued) {
-    q.remove(&n);
+    q.unlink(&n);
     rw_grant(st, q);  // those queued behind us may be free to go now
   }
   return false;
@@ -357,11 +315,11 @@ bool rw_lock_slow(std::atomic<std::uint64_t>& st, wqueue q, std::atomic<std::uin
 }  // namespace
 
 bool shared_mutex::lock_slow(std::int64_t deadline) {
-  return rw_lock_slow(state_, wqueue{head_, tail_}, qlock_, true, deadline);
+  return rw_lock_slow(state_, wqueue{{head_, tail_}}, qlock_, true, deadline);
 }
 
 bool shared_mutex::lock_shared_slow(std::int64_t deadline) {
-  return rw_lock_slow(state_, wqueue{head_, tail_}, qlock_, false, deadline);
+  return rw_lock_slow(state_, wqueue{{head_, tail_}}, qlock_, false, deadline);
 }
 
 void shared_mutex::unlock() {
@@ -372,7 +330,7 @@ void shared_mutex::unlock() {
                                          std::memory_order_relaxed));
   if (!(s & rw_pending)) return;
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   qguard g(qlock_);
   rw_grant(state_, q);
 }
@@ -386,7 +344,7 @@ void shared_mutex::unlock_shared() {
   s -= rw_reader;
   if (s >= rw_reader || !(s & rw_pending)) return;
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   qguard g(qlock_);
   rw_grant(state_, q);
 }
@@ -408,7 +366,7 @@ bool condition_variable::wait_impl(std::unique_lock<mutex>& lk, std::int64_t dea
   bool woke;
   {
     rt::nopreempt_scope np;
-    wqueue q{head_, tail_};
+    wqueue q{{head_, tail_}};
     wnode n;
     rt::spin_lock(qlock_);
     q.push_back(&n);
@@ -417,7 +375,7 @@ bool condition_variable::wait_impl(std::unique_lock<mutex>& lk, std::int64_t dea
       mu->unlock_quiet();
     } catch (...) {
       qguard g(qlock_);
-      if (n.queued) q.remove(&n);
+      if (n.queued) q.unlink(&n);
       throw;
     }
     rt::spin_lock(qlock_);
@@ -425,7 +383,7 @@ bool condition_variable::wait_impl(std::unique_lock<mutex>& lk, std::int64_t dea
       woke = park_on(n, qlock_, deadline, "condition_variable");
       if (!woke) {
         qguard g(qlock_);
-        if (n.queued) q.remove(&n);
+        if (n.queued) q.unlink(&n);
       }
     } else {
       rt::spin_unlock(qlock_);
@@ -438,14 +396,14 @@ bool condition_variable::wait_impl(std::unique_lock<mutex>& lk, std::int64_t dea
 
 void condition_variable::notify_one() noexcept {
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   qguard g(qlock_);
   if (wnode* n = q.pop_claim()) rt::finish(n->ws);
 }
 
 void condition_variable::notify_all() noexcept {
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   qguard g(qlock_);
   while (wnode* n = q.pop_claim()) rt::finish(n->ws);
 }
@@ -464,7 +422,7 @@ constexpr std::uint64_t sem_waiter = std::uint64_t{1} << 32;
 bool semaphore::acquire_slow(std::int64_t deadline) {
   rt::preempt_check();
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   rt::spin_lock(qlock_);
   std::uint64_t s = state_.load(std::memory_order_relaxed);
   for (;;) {
@@ -486,7 +444,7 @@ bool semaphore::acquire_slow(std::int64_t deadline) {
   if (park_on(n, qlock_, deadline, "semaphore")) return true;  // a unit was handed to us
   qguard g(qlock_);
   if (n.queued) {
-    q.remove(&n);
+    q.unlink(&n);
     state_.fetch_sub(sem_waiter, std::memory_order_relaxed);
   }
   return false;
@@ -509,7 +467,7 @@ void semaphore::release(std::ptrdiff_t n) {
   };
   if (add_units(add, true)) return;
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   std::uint64_t left = add;
   {
     qguard g(qlock_);
@@ -533,7 +491,7 @@ void semaphore::release(std::ptrdiff_t n) {
 bool once_flag::begin() {
   rt::preempt_check();
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   for (;;) {
     std::uint32_t s = state_.load(std::memory_order_acquire);
     if (s == 2) return false;
@@ -555,7 +513,7 @@ bool once_flag::begin() {
 
 void once_flag::finish(bool ok) noexcept {
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   qguard g(qlock_);
   state_.store(ok ? 2 : 0, std::memory_order_release);
   // All of them: after a failure they race to run f again, one wins, the rest wait again.
@@ -583,12 +541,11 @@ void latch::count_down(std::ptrdiff_t n) {
   const auto w = static_cast<std::uint32_t>(s);
   if ((s >> 32) != 0 || w == 0 || n == 0) return;
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   wnode* list;
   {
     qguard g(qlock_);
-    list = q.head();
-    head_ = tail_ = nullptr;  // all w registered waiters are queued: each held qlock_ from its CAS to its park
+    list = q.detach_all();  // all w registered waiters are queued: each held qlock_ from its CAS to its park
   }
   state_.fetch_sub(w, std::memory_order_release);
   for (wnode* x = list; x;) {
@@ -604,7 +561,7 @@ void latch::wait() const {
   if ((s >> 32) != 0) {
     rt::preempt_check();
     rt::nopreempt_scope np;
-    wqueue q{head_, tail_};
+    wqueue q{{head_, tail_}};
     rt::spin_lock(qlock_);
     s = state_.load(std::memory_order_acquire);
     while ((s >> 32) != 0) {
@@ -662,8 +619,7 @@ std::uint64_t barrier_core::arrive(std::ptrdiff_t n, bool drop, void (*complete)
       qguard g(qlock_);
       remaining_ = expected_;
       ++phase_;
-      list = static_cast<wnode*>(head_);
-      head_ = tail_ = nullptr;
+      list = wqueue{{head_, tail_}}.detach_all();
     }
     for (wnode* x = list; x;) {
       wnode* next = x->next;
@@ -685,7 +641,7 @@ std::uint64_t barrier_core::arrive(std::ptrdiff_t n, bool drop, void (*complete)
 void barrier_core::wait(std::uint64_t phase) const {
   rt::preempt_check();
   rt::nopreempt_scope np;
-  wqueue q{head_, tail_};
+  wqueue q{{head_, tail_}};
   rt::spin_lock(qlock_);
   if (phase_ != phase) {
     rt::spin_unlock(qlock_);

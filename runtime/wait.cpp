@@ -74,26 +74,4 @@ bool block(wait_state& ws, std::int64_t deadline_ns, const char* reason, transit
   }
 }
 
-// The older blocking primitive, kept for wait_group until it moves onto wait_state.
-void wake(waiter* w) noexcept {
-  if (g* gp = w->gp) {
-    ready(gp);
-  } else {
-    w->flag.store(1, std::memory_order_release);
-    futex_wake(&w->flag, 1);
-  }
-}
-
-void wait_on(waiter& w, const char* reason, transition unlock) noexcept {
-  if (g* gp = getg()) {
-    w.gp = gp;
-    park(reason, unlock);
-    return;
-  }
-  w.gp = nullptr;
-  w.flag.store(0, std::memory_order_relaxed);
-  if (unlock.fn) unlock.fn(nullptr, unlock.arg);
-  while (w.flag.load(std::memory_order_acquire) == 0) futex_wait(&w.flag, 0);
-}
-
 }  // namespace gort::rt

@@ -50,9 +50,14 @@ void finish(wait_state& ws) noexcept;
 // published ws (where wakers find it) before calling, under the lock that `unlock` releases.
 bool block(wait_state& ws, std::int64_t deadline_ns, const char* reason, transition unlock) noexcept;
 
-void wake(waiter* w) noexcept;  // wake a G or a thread waiter
-// Blocks the caller (G or OS thread) on w until wake(w); `unlock` runs once the caller is
-// committed to sleeping (after the G left its stack, or before the thread sleeps).
-void wait_on(waiter& w, const char* reason, transition unlock) noexcept;
+// Commits for block() and park() that release the lock under which the caller published
+// itself: run once the G is off its stack, so a waker that takes the lock to find the caller
+// never sees a G still running. The analysis cannot follow a lock released in another function.
+inline void unlock_word_commit(fiber*, void* l) noexcept GORT_NO_TSA {
+  spin_unlock(*static_cast<std::atomic<std::uint32_t>*>(l));
+}
+inline void unlock_spinlock_commit(fiber*, void* l) noexcept GORT_NO_TSA { static_cast<spinlock*>(l)->unlock(); }
+inline transition unlocking(std::atomic<std::uint32_t>& l) noexcept { return {unlock_word_commit, &l}; }
+inline transition unlocking(spinlock& l) noexcept { return {unlock_spinlock_commit, &l}; }
 
 }  // namespace gort::rt
