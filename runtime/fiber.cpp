@@ -1,3 +1,5 @@
+// gort: fiber::switch_to and what travels with a context: the exception globals, the
+// sanitizer fiber annotations and the Valgrind stack registration (see fiber.hpp).
 #include "fiber.hpp"
 
 #include <pthread.h>

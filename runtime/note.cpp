@@ -1,3 +1,4 @@
+// gort: futex wake-ups between OS threads: note (an M's one-shot park) and the raw futex calls.
 #include "note.hpp"
 
 #include "clock.hpp"

@@ -1,3 +1,5 @@
+// gort: the hwloc topology, the CPUs this process may use, placing Ps on CPUs for the pin
+// policies, and binding an M's thread to its P's CPU.
 #include "pin.hpp"
 
 #include <hwloc.h>

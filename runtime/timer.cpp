@@ -1,3 +1,4 @@
+// gort: a P's timer heap (timer.hpp): a 4-ary min-heap under its own lock, fired outside it.
 #include "timer.hpp"
 
 namespace gort::rt {
