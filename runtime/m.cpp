@@ -24,19 +24,6 @@
 
 namespace gort::rt {
 
-namespace {
-// Initial-exec: one fs/tpidr-relative load, and safe to read in the preemption signal handler
-// (no lazy TLS allocation).
-__attribute__((tls_model("initial-exec"))) thread_local m* tls_m = nullptr;
-}  // namespace
-
-m* getm() noexcept {
-  // The asm makes this function opaque: no caller may cache its result across a switch, and
-  // the compiler cannot prove it pure and merge two calls. (docs/design.md "Thread-local state")
-  asm volatile("" ::: "memory");
-  return tls_m;
-}
-
 std::uint64_t fastrand(m* mp) noexcept {
   std::uint64_t x = mp->rand;
   x ^= x >> 12;
@@ -263,12 +250,12 @@ namespace {
 void mexit(m* mp) {
   heaps_release(mp);
   mp->g0.destroy();
-  tls_m = nullptr;
+  setm(nullptr);
   sched.nmrunning.fetch_sub(1);
 }
 
 void mstart(m* mp) {
-  tls_m = mp;
+  setm(mp);
   mp->tid = static_cast<unsigned long>(pthread_self());
   mp->g0.init_thread();
   mp->eh = thread_eh_globals();

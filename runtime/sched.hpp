@@ -305,6 +305,8 @@ inline bool running(std::memory_order mo = std::memory_order_acquire) noexcept {
 // on another thread after any switch, and compilers cache thread-pointer arithmetic across
 // calls, so this is an opaque call every time (see docs/design.md "Thread-local state").
 m* getm() noexcept;
+// The calling thread becomes the M mp (null: no M any more); mstart and mexit.
+void setm(m* mp) noexcept;
 inline g* getg() noexcept {
   m* mp = getm();
   return mp ? mp->curg : nullptr;
