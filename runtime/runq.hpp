@@ -84,6 +84,7 @@ class basic_runq {
  public:
   static constexpr std::uint32_t size = N;
 
+  class hint_view;
   class owner_view;
   class thief_view;
 
@@ -320,11 +321,30 @@ class basic_runq {
 #endif
 };
 
+// What any thread may read, through either handle: hints, each true at some moment.
+template <std::uint32_t N>
+class basic_runq<N>::hint_view {
+ public:
+  // The G at the old end, left in place (the owner: a thief may take it meanwhile).
+  g* peek_oldest() const noexcept { return q_.peek_oldest(); }
+  std::uint32_t ring_length() const noexcept { return q_.ring_length(); }
+  bool has_next() const noexcept { return q_.has_next(); }
+  bool only_next() const noexcept { return q_.only_next(); }
+  bool empty() const noexcept { return q_.empty(); }
+  std::uint32_t length() const noexcept { return q_.length(); }
+
+ protected:
+  explicit hint_view(basic_runq& q) noexcept : q_(q) {}
+  basic_runq& q_;
+};
+
 // The owner's handle: every operation of the ring, plus the hints. Obtained only from
 // basic_runq::owner(), by the M that holds the P. `alone`: the scheduler has a single P, so no
 // thief exists and plain stores replace the RMWs.
 template <std::uint32_t N>
-class basic_runq<N>::owner_view {
+class basic_runq<N>::owner_view : public hint_view {
+  using hint_view::q_;
+
  public:
   // At the new end (runs soon). False when full; the caller then spills (grab_half_for_spill).
   bool put(g* gp, bool alone = false) const noexcept {
@@ -363,28 +383,21 @@ class basic_runq<N>::owner_view {
     owner_scope s(q_);
     return q_.commit_steal(n);
   }
-  // The G at the old end, left in place (a hint: a thief may take it meanwhile).
-  g* peek_oldest() const noexcept { return q_.peek_oldest(); }
   // Records that the owner spawned a G at its schedule number `tick`.
   void note_spawn(std::uint32_t tick) const noexcept { q_.spawn_tick_.store(tick, std::memory_order_relaxed); }
   bool full() const noexcept { return q_.full(); }
-  std::uint32_t ring_length() const noexcept { return q_.ring_length(); }
-
-  bool has_next() const noexcept { return q_.has_next(); }
-  bool only_next() const noexcept { return q_.only_next(); }
-  bool empty() const noexcept { return q_.empty(); }
-  std::uint32_t length() const noexcept { return q_.length(); }
 
  private:
   friend class basic_runq;
   friend class thief_view;  // grab writes into the thief's own ring
-  explicit owner_view(basic_runq& q) noexcept : q_(q) {}
-  basic_runq& q_;
+  explicit owner_view(basic_runq& q) noexcept : hint_view(q) {}
 };
 
 // A thief's handle: steal into a queue it owns, and the hints.
 template <std::uint32_t N>
-class basic_runq<N>::thief_view {
+class basic_runq<N>::thief_view : public hint_view {
+  using hint_view::q_;
+
  public:
   // Moves the oldest half of this queue into dst's ring, past its tail, without publishing
   // them: dst.commit_steal(n) does. dst's ring must be empty (a thief looks only when it has
@@ -395,21 +408,12 @@ class basic_runq<N>::thief_view {
     return q_.grab(dst.q_, take_next);
   }
 
-  // What sat at the old end at some moment, and the ring's length then (hints).
-  g* peek_oldest() const noexcept { return q_.peek_oldest(); }
-  std::uint32_t ring_length() const noexcept { return q_.ring_length(); }
   // The owner's schedule number at its last spawn (a hint).
   std::uint32_t spawn_tick() const noexcept { return q_.spawn_tick_.load(std::memory_order_relaxed); }
 
-  bool has_next() const noexcept { return q_.has_next(); }
-  bool only_next() const noexcept { return q_.only_next(); }
-  bool empty() const noexcept { return q_.empty(); }
-  std::uint32_t length() const noexcept { return q_.length(); }
-
  private:
   friend class basic_runq;
-  explicit thief_view(basic_runq& q) noexcept : q_(q) {}
-  basic_runq& q_;
+  explicit thief_view(basic_runq& q) noexcept : hint_view(q) {}
 };
 
 // The scheduler's run queue.
