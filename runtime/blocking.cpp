@@ -58,9 +58,11 @@ void blocking_exit(void* token) noexcept {
   rt::p* pp = std::exchange(mp->oldp, nullptr);
   std::uint32_t s = mp->oldp_word;
   if (pp->status.compare_exchange_strong(s, rt::prunning, std::memory_order_acq_rel)) {
-    // Nobody took it: carry on where we were (same time slice, same tick).
+    // Nobody took it: carry on where we were (same time slice, same tick), unless sysmon saw
+    // the slice run out meanwhile (a G making short calls back to back): then yield now.
     mp->curp = pp;
     mp->curg = gp;
+    rt::preempt_check();
     return;
   }
   // sysmon handed our P to another M meanwhile.

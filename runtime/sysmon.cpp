@@ -114,6 +114,21 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
       continue;
     }
     if (pstatus_kind(st) == psyscall) {
+      // The slice goes on across blocking calls: blocking_exit's fast path takes the P back
+      // without a schedule, so a G making short calls back to back would otherwise never be
+      // seen over its slice (the P is in a call at nearly every look) and starve the Gs queued
+      // behind it. Count it here too; once it is over, ask the G to yield when its call returns
+      // (no signal: its M is in the kernel).
+      const std::uint32_t tick = pp->schedtick.load(std::memory_order_relaxed);
+      if (tick != s.schedtick || s.schedwhen == 0) {
+        s.schedtick = tick;
+        s.schedwhen = prev ? prev : now;
+        s.signalled = 0;
+      } else if (now - s.schedwhen >= sched.time_slice_ns &&
+                 pp->preempt_req.load(std::memory_order_relaxed) != tick) {
+        pp->preempt_req.store(tick, std::memory_order_relaxed);
+        acted = true;
+      }
       std::uint32_t t = pp->syscalltick.load(std::memory_order_relaxed);
       if (!s.in_syscall || t != s.syscalltick) {
         s.syscalltick = t;
