@@ -67,7 +67,10 @@ struct psample {
   std::int64_t signalled = 0;
 };
 
-std::thread monitor;
+// A pointer, never a static std::thread: exit() (from a G, or from any thread while a runtime
+// runs) destroys statics, and a joinable std::thread's destructor calls std::terminate, which
+// turned every exit(status) into an abort.
+std::thread* monitor = nullptr;
 std::atomic<bool> quit{false};
 
 // Step 4 of preempt.cpp's protocol: the P's M is parked in the signal handler with its G.
@@ -271,15 +274,17 @@ void sysmon_poke() noexcept { sched.sysmon_note.wakeup(); }
 void sysmon_start() {
   if (!sched.sysmon_on) return;
   quit.store(false);
-  monitor = std::thread(sysmon_main);
+  monitor = new std::thread(sysmon_main);
 }
 
 // Once every M has exited (sysmon keeps stopping runaway Gs until then).
 void sysmon_stop() {
-  if (!monitor.joinable()) return;
+  if (!monitor) return;
   quit.store(true, std::memory_order_seq_cst);
   sched.sysmon_note.wakeup();
-  monitor.join();
+  monitor->join();
+  delete monitor;
+  monitor = nullptr;
 }
 
 }  // namespace gort::rt

@@ -889,6 +889,39 @@ TEST_CASE("Gs alive when main_fn returns are abandoned; run works again", "[sche
   CHECK_FALSE(woke->load());
 }
 
+// Hardening item 7: a static std::thread (sysmon's) made every exit() while a runtime ran end in
+// std::terminate (a joinable std::thread destroyed with the statics): status 134, not the one
+// asked for.
+TEST_CASE("exit() from a G or from another thread exits with its status", "[sched][shutdown]") {
+  clean_env env;
+  for (int round = 0; round < 5; ++round) {
+    const child_result from_g = run_in_child([] {
+      gort::run(with_procs(2), [] {
+        for (int i = 0; i < 4; ++i) gort::go([] { for (;;) gort::yield(); });
+        gort::sleep_for(std::chrono::milliseconds(1));
+        std::exit(7);
+      });
+    }, 60);
+    INFO("from a G: status " << from_g.status << ", output: " << from_g.out);
+    CHECK(from_g.exited(7));
+    const child_result from_thread = run_in_child([] {
+      std::atomic<bool> started{false};
+      std::thread t([&] {
+        while (!started.load()) std::this_thread::yield();
+        std::exit(9);
+      });
+      t.detach();
+      gort::run(with_procs(2), [&] {
+        gort::go([] { for (;;) gort::sleep_for(std::chrono::microseconds(100)); });
+        started.store(true);
+        for (;;) gort::yield();
+      });
+    }, 60);
+    INFO("from another thread: status " << from_thread.status << ", output: " << from_thread.out);
+    CHECK(from_thread.exited(9));
+  }
+}
+
 TEST_CASE("running, yielding and sleeping Gs do not hold up shutdown", "[sched][shutdown]") {
   no_procs_env env;
   const auto t0 = std::chrono::steady_clock::now();
