@@ -14,6 +14,7 @@
 // itself only if still queued. A waker that loses a claim just moves on to the next node.
 #include "gort/sync.hpp"
 
+#include <exception>
 #include <thread>
 
 #include "sched.hpp"
@@ -469,6 +470,12 @@ void semaphore::release(std::ptrdiff_t n) {
   rt::nopreempt_scope np;
   wqueue q{{head_, tail_}};
   std::uint64_t left = add;
+  // Waiters handed a unit are finished only after everything else is done: a woken waiter may
+  // destroy the semaphore at once (acquire, then free), so nothing of *this is touched after
+  // the first finish, not even the queue lock's release.
+  wnode* woken = nullptr;
+  wnode** last = &woken;
+  std::exception_ptr err;
   {
     qguard g(qlock_);
     while (left) {
@@ -476,11 +483,25 @@ void semaphore::release(std::ptrdiff_t n) {
       if (!w) break;
       state_.fetch_sub(sem_waiter, std::memory_order_relaxed);
       if (!rt::claim(w->ws)) continue;  // timed out: it leaves without a unit
-      rt::finish(w->ws);
+      w->next = nullptr;
+      *last = w;
+      last = &w->next;
       --left;
     }
+    if (left) {
+      try {
+        add_units(left, false);
+      } catch (...) {
+        err = std::current_exception();  // the waiters claimed above still get their units
+      }
+    }
   }
-  if (left) add_units(left, false);
+  for (wnode* w = woken; w;) {
+    wnode* next = w->next;  // read first: a finished waiter's node may vanish
+    rt::finish(w->ws);
+    w = next;
+  }
+  if (err) std::rethrow_exception(err);
 }
 
 // ---------------------------------------------------------------------------------------------

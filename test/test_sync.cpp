@@ -541,6 +541,36 @@ TEST_CASE("semaphore: release(n) wakes n parked waiters; OS threads too", "[sema
   });
 }
 
+// A waiter that gets its unit may destroy the semaphore at once; release() must not touch it
+// after waking that waiter (it used to finish waiters under the queue lock and then release the
+// lock and add the units left over: a use after free that ASan reports).
+TEST_CASE("semaphore: a waiter may destroy it as soon as its acquire returns",
+          "[semaphore][lifetime]") {
+  no_procs_env env;
+  const unsigned procs = GENERATE(1u, 2u);
+  gort::run(with_procs(procs), [] {
+    const int rounds = 2000 / test_scale();
+    std::atomic<int> destroyed{0};
+    for (int i = 0; i < rounds; ++i) {
+      auto* sem = new gort::semaphore(0);
+      std::atomic<bool> parked{false};
+      // A plain thread as the waiter: the release's wake-up runs it at once on the other CPU,
+      // concurrently with the rest of release().
+      std::thread waiter([&] {
+        parked.store(true);
+        sem->acquire();
+        delete sem;  // the releaser may still be inside release()
+        destroyed.fetch_add(1);
+      });
+      while (!parked.load()) gort::yield();
+      if (i % 2) gort::yield();  // sometimes before it parks (fast path), mostly after
+      sem->release(2);  // one unit for the waiter, one left over: the slow path's tail
+      gort::blocking([&] { waiter.join(); });
+    }
+    CHECK(destroyed.load() == rounds);
+  });
+}
+
 TEST_CASE("call_once: runs once under contention, and again after an exception", "[once]") {
   no_procs_env env;
   const unsigned procs = GENERATE(1u, 2u, 4u);
