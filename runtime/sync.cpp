@@ -253,7 +253,8 @@ void mutex::unlock_slow() {
 namespace {
 constexpr std::uint64_t rw_writer = 1, rw_pending = 2, rw_reader = 4;
 
-void rw_grant(std::atomic<std::uint64_t>& st, wqueue& q) noexcept {
+// Lets in whoever may go now; the caller finishes `woken` after releasing the queue lock.
+void rw_grant(std::atomic<std::uint64_t>& st, wqueue& q, rt::wake_chain<wnode>& woken) noexcept {
   while (wnode* n = q.first()) {
     const std::uint64_t s = st.load(std::memory_order_relaxed);
     if (n->writer) {
@@ -261,14 +262,14 @@ void rw_grant(std::atomic<std::uint64_t>& st, wqueue& q) noexcept {
       q.pop();
       if (!rt::claim(n->ws)) continue;
       st.fetch_or(rw_writer, std::memory_order_acquire);
-      rt::finish(n->ws);
+      woken.add(n);
       break;
     }
     if (s & rw_writer) break;
     q.pop();
     if (!rt::claim(n->ws)) continue;
     st.fetch_add(rw_reader, std::memory_order_acquire);  // readers at the front go in together
-    rt::finish(n->ws);
+    woken.add(n);
   }
   if (q.empty()) st.fetch_and(~rw_pending, std::memory_order_release);
 }
@@ -306,11 +307,15 @@ bool rw_lock_slow(std::atomic<std::uint64_t>& st, wqueue q, std::atomic<std::uin
   n.writer = writer;
   q.push_back(&n);
   if (park_on(n, ql, deadline, "rwmutex")) return true;  // granted: rw_grant added us to state
-  qguard g(ql);
-  if (n.queued) {
-    q.unlink(&n);
-    rw_grant(st, q);  // those queued behind us may be free to go now
+  rt::wake_chain<wnode> woken;
+  {
+    qguard g(ql);
+    if (n.queued) {
+      q.unlink(&n);
+      rw_grant(st, q, woken);  // those queued behind us may be free to go now
+    }
   }
+  woken.release();
   return false;
 }
 }  // namespace
@@ -332,8 +337,12 @@ void shared_mutex::unlock() {
   if (!(s & rw_pending)) return;
   rt::nopreempt_scope np;
   wqueue q{{head_, tail_}};
-  qguard g(qlock_);
-  rw_grant(state_, q);
+  rt::wake_chain<wnode> woken;
+  {
+    qguard g(qlock_);
+    rw_grant(state_, q, woken);
+  }
+  woken.release();  // after the unlock: one let in may destroy the mutex at once
 }
 
 void shared_mutex::unlock_shared() {
@@ -346,8 +355,12 @@ void shared_mutex::unlock_shared() {
   if (s >= rw_reader || !(s & rw_pending)) return;
   rt::nopreempt_scope np;
   wqueue q{{head_, tail_}};
-  qguard g(qlock_);
-  rw_grant(state_, q);
+  rt::wake_chain<wnode> woken;
+  {
+    qguard g(qlock_);
+    rw_grant(state_, q, woken);
+  }
+  woken.release();  // after the unlock: one let in may destroy the mutex at once
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -395,18 +408,28 @@ bool condition_variable::wait_impl(std::unique_lock<mutex>& lk, std::int64_t dea
   return woke;
 }
 
+// The woken are finished after qlock_ is released (wake_chain): one may destroy the condition
+// variable as soon as it runs.
 void condition_variable::notify_one() noexcept {
   rt::nopreempt_scope np;
   wqueue q{{head_, tail_}};
-  qguard g(qlock_);
-  if (wnode* n = q.pop_claim()) rt::finish(n->ws);
+  rt::wake_chain<wnode> woken;
+  {
+    qguard g(qlock_);
+    if (wnode* n = q.pop_claim()) woken.add(n);
+  }
+  woken.release();
 }
 
 void condition_variable::notify_all() noexcept {
   rt::nopreempt_scope np;
   wqueue q{{head_, tail_}};
-  qguard g(qlock_);
-  while (wnode* n = q.pop_claim()) rt::finish(n->ws);
+  rt::wake_chain<wnode> woken;
+  {
+    qguard g(qlock_);
+    while (wnode* n = q.pop_claim()) woken.add(n);
+  }
+  woken.release();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -470,11 +493,8 @@ void semaphore::release(std::ptrdiff_t n) {
   rt::nopreempt_scope np;
   wqueue q{{head_, tail_}};
   std::uint64_t left = add;
-  // Waiters handed a unit are finished only after everything else is done: a woken waiter may
-  // destroy the semaphore at once (acquire, then free), so nothing of *this is touched after
-  // the first finish, not even the queue lock's release.
-  wnode* woken = nullptr;
-  wnode** last = &woken;
+  // Waiters handed a unit are finished only after everything else is done (wake_chain).
+  rt::wake_chain<wnode> woken;
   std::exception_ptr err;
   {
     qguard g(qlock_);
@@ -483,9 +503,7 @@ void semaphore::release(std::ptrdiff_t n) {
       if (!w) break;
       state_.fetch_sub(sem_waiter, std::memory_order_relaxed);
       if (!rt::claim(w->ws)) continue;  // timed out: it leaves without a unit
-      w->next = nullptr;
-      *last = w;
-      last = &w->next;
+      woken.add(w);
       --left;
     }
     if (left) {
@@ -496,11 +514,7 @@ void semaphore::release(std::ptrdiff_t n) {
       }
     }
   }
-  for (wnode* w = woken; w;) {
-    wnode* next = w->next;  // read first: a finished waiter's node may vanish
-    rt::finish(w->ws);
-    w = next;
-  }
+  woken.release();
   if (err) std::rethrow_exception(err);
 }
 
@@ -535,10 +549,14 @@ bool once_flag::begin() {
 void once_flag::finish(bool ok) noexcept {
   rt::nopreempt_scope np;
   wqueue q{{head_, tail_}};
-  qguard g(qlock_);
-  state_.store(ok ? 2 : 0, std::memory_order_release);
-  // All of them: after a failure they race to run f again, one wins, the rest wait again.
-  while (wnode* n = q.pop_claim()) rt::finish(n->ws);
+  rt::wake_chain<wnode> woken;
+  {
+    qguard g(qlock_);
+    state_.store(ok ? 2 : 0, std::memory_order_release);
+    // All of them: after a failure they race to run f again, one wins, the rest wait again.
+    while (wnode* n = q.pop_claim()) woken.add(n);
+  }
+  woken.release();  // after the unlock: a woken caller may destroy the flag at once
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -102,4 +102,30 @@ struct waitq : Ends {
   }
 };
 
+// Nodes claimed under a queue lock and woken after it is released. A woken party may destroy the
+// object the queue belongs to at once (a semaphore freed by the waiter its release let in), so
+// a waker gathers the nodes under the lock, finishes the object's business, unlocks, and only
+// then calls release(): from the first finish on it touches nothing but the chain, reading each
+// node's `next` before waking it.
+template <class Node>
+struct wake_chain {
+  Node* first = nullptr;
+  Node** last = &first;
+
+  void add(Node* n) noexcept {
+    n->next = nullptr;
+    *last = n;
+    last = &n->next;
+  }
+  void release() noexcept {
+    for (Node* n = first; n;) {
+      Node* next = n->next;
+      finish(n->ws);
+      n = next;
+    }
+    first = nullptr;
+    last = &first;
+  }
+};
+
 }  // namespace gort::rt
