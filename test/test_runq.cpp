@@ -555,7 +555,9 @@ TEMPLATE_TEST_CASE("under concurrent thieves and spills every G is taken exactly
     REQUIRE(owner_got + thief_got == per_round);
   }
   // The case exercised what it is about: the 4 and 8 rings fill every few operations (native:
-  // thousands of spills a round; for 256 a full ring is rare).
+  // thousands of spills a round; for 256 a full ring is rare). Under emulation or TSan
+  // (test_scale > 1) the thieves can keep so small a ring from ever filling (qemu-aarch64: 0
+  // spills against 83,000 steals), which says nothing about the ring.
   INFO("spills " << spills << ", steals " << steals);
-  if (Q::size <= 8) CHECK(spills > 0);
+  if (Q::size <= 8 && test_scale() == 1) CHECK(spills > 0);
 }
