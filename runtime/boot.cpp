@@ -49,14 +49,15 @@ void main_body(void* p) {
 // Single-threaded: every M has exited.
 void teardown() GORT_NO_TSA {
   for (g* gp : sched.allg) gp->fib.destroy();
-  sched.allg.clear();
+  sched.allg.reset();
   for (p* pp : sched.ps) {
     pp->tm.clear();
     delete pp;
   }
-  sched.ps.clear();
+  sched.ps.reset();
   for (m* mp : sched.ms) delete mp;
-  sched.ms.clear();
+  sched.ms.reset();
+  sched.steal_strides.reset();
   delete sched.stacks;
   sched.stacks = nullptr;
   sched.ghead = sched.gtail = nullptr;
@@ -164,14 +165,14 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   std::vector<m*> ms;
   {
     spin_guard l(sched.lock);
-    ms = sched.ms;
+    ms.assign(sched.ms.begin(), sched.ms.end());
   }
   for (;;) {
     for (m* mp : ms) mp->park.wakeup();
     if (sched.nmrunning.load() == 0) break;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     spin_guard l(sched.lock);
-    ms = sched.ms;
+    ms.assign(sched.ms.begin(), sched.ms.end());
   }
   sysmon_stop();  // before the joins: it may still be signalling a thread on its way out
   for (m* mp : ms)

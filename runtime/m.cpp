@@ -49,12 +49,25 @@ std::uint64_t fastrand_any() noexcept {
 // ---------------------------------------------------------------------------------------------
 // The idle-M list (sched.lock held)
 
+namespace {
+// nmidle == length of sched.midle, and no cycle (debug builds; O(idle Ms)).
+void check_midle() GORT_REQUIRES(sched.lock) {
+#if GORT_DEBUG
+  std::uint32_t n = 0;
+  for (m* q = sched.midle; q; q = q->link)
+    GORT_ASSERT(++n <= sched.ms.size(), "the idle M list has a cycle");
+  GORT_ASSERT(n == sched.nmidle, "nmidle = %u but the idle list holds %u Ms", sched.nmidle, n);
+#endif
+}
+}  // namespace
+
 void mput(m* mp) {
   sched.lock.assert_held();
   GORT_ASSERT(!mp->link && !mp->spinning, "M %u goes idle spinning or still linked", mp->id);
   mp->link = sched.midle;
   sched.midle = mp;
   sched.nmidle++;
+  check_midle();
 }
 
 m* mget() {
@@ -65,6 +78,7 @@ m* mget() {
     mp->link = nullptr;
     sched.nmidle--;
   }
+  check_midle();
   return mp;
 }
 

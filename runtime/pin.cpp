@@ -31,7 +31,7 @@ struct topo_holder {
 };
 
 topo_holder& topo() {
-  static topo_holder h;
+  static topo_holder& h = *new topo_holder;  // never destroyed: Ms may bind during exit()
   return h;
 }
 

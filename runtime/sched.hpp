@@ -16,7 +16,8 @@
 //   sched.nmidle     == length of the sched.midle list             (m.cpp, mput/mget)
 //   p::ngfree        == length of p::gfree                         (g.cpp, gfput/gfget)
 //   sched.ngfree     == sum of gfree_chain_len over sched.gfree     (g.cpp, scavenge_gs)
-//   sched.nmspinning == number of Ms with m::spinning set, and never below zero (proc.cpp)
+//   sched.nmspinning == number of Ms with m::spinning set; going below zero throws in every
+//                       build (proc.cpp stop_spinning, m.cpp startm/newm)
 //
 // Which header declares what: proc.hpp (queues, idle Ps, ready/park/yield, switching),
 // m.hpp (M lifecycle and hand-off), g.hpp (G lifecycle, free lists), timer_sleeper.hpp
@@ -30,6 +31,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "fiber.hpp"
@@ -40,6 +42,7 @@
 #include "note.hpp"
 #include "runq.hpp"
 #include "stack.hpp"
+#include "static_vec.hpp"
 #include "timer.hpp"
 
 struct mi_heap_s;
@@ -239,8 +242,8 @@ struct sched_t {
   p* pidle GORT_GUARDED_BY(lock) = nullptr;
   m* midle GORT_GUARDED_BY(lock) = nullptr;
   std::uint32_t nmidle GORT_GUARDED_BY(lock) = 0;
-  std::vector<m*> ms GORT_GUARDED_BY(lock);    // every M ever created in this runtime
-  std::vector<g*> allg GORT_GUARDED_BY(lock);  // every G ever created in this runtime (they live in its stack pool)
+  static_vec<m*> ms GORT_GUARDED_BY(lock);    // every M ever created in this runtime
+  static_vec<g*> allg GORT_GUARDED_BY(lock);  // every G ever created in this runtime (they live in its stack pool)
 
   // Dead Gs beyond a P's cache, and Gs freed by foreign threads.
   alignas(64) spinlock gfree_lock;
@@ -254,10 +257,10 @@ struct sched_t {
   std::atomic<std::int64_t> timer_sleep_until{0};
 
   alignas(64) std::atomic<std::uint64_t> goid_gen{0};
-  std::vector<p*> ps;
+  static_vec<p*> ps;
   // For stealing: every stride in 1..nprocs coprime with nprocs, so a walk that starts at a
   // random P and steps by a random one of these visits every P once (boot.cpp fills it).
-  std::vector<std::uint32_t> steal_strides;
+  static_vec<std::uint32_t> steal_strides;
   stack_pool* stacks = nullptr;
   // Foreign threads that submit work count themselves here first, so shutdown can wait for
   // them to finish touching the runtime.
@@ -291,6 +294,8 @@ struct sched_t {
   unsigned extra_spares = 0;
 };
 
+// Never destroyed (exit() must not free it under running Ms): see static_vec.hpp.
+static_assert(std::is_trivially_destructible_v<sched_t>);
 extern sched_t sched;
 
 static_assert(offsetof(g, fib) == 0, "g_of relies on the fiber being first");
