@@ -132,6 +132,69 @@ TEST_CASE("select timeouts: fire when nothing is ready, never when something is"
   });
 }
 
+namespace {
+
+// Yields until the G published in `gp` is parked (true), or until `returned` is set or 20 s
+// have passed (false; the limit only bounds the polling).
+bool parks_without_returning(const std::atomic<gort::rt::g*>& gp, const std::atomic<bool>& returned) {
+  const auto give_up = steady::now() + 20s;
+  for (;;) {
+    if (returned.load()) return false;
+    if (gort::rt::g* g = gp.load(); g && g->status.load() == gort::rt::gstatus::waiting) return true;
+    if (steady::now() >= give_up) return false;
+    gort::yield();
+  }
+}
+
+// on_timeout(d) with a d too long for "now + d" to be represented never fires: beside a finite
+// timeout, the finite one is taken (in either order); beside a receive, the select parks and
+// stays parked until the value comes.
+template <class D>
+void too_long_timeout_never_fires(D d) {
+  gort::chan<int> ch;
+  auto t0 = steady::now();
+  auto i = gort::select(gort::on_recv(ch, [](std::optional<int>) {}), gort::on_timeout(d, [] {}),
+                        gort::on_timeout(20ms, [] {}));
+  CHECK(i == 2);
+  CHECK(steady::now() - t0 >= 20ms);
+  t0 = steady::now();
+  i = gort::select(gort::on_timeout(20ms, [] {}), gort::on_recv(ch, [](std::optional<int>) {}),
+                   gort::on_timeout(d, [] {}));
+  CHECK(i == 0);
+  CHECK(steady::now() - t0 >= 20ms);
+
+  gort::chan<int> out(1), hold;
+  std::atomic<gort::rt::g*> gp{nullptr};
+  std::atomic<bool> returned{false};
+  gort::go([=, &gp, &returned] {
+    gp.store(gort::rt::getg());
+    int got = -1;
+    const std::size_t k = gort::select(gort::on_recv(ch, [&](std::optional<int> v) { got = v.value_or(-2); }),
+                                       gort::on_timeout(d, [&] { got = -3; }));
+    returned.store(true);
+    out.send(static_cast<int>(k) * 1000 + got);
+    (void)hold.recv();  // keeps the G, whose descriptor was read, alive until the end
+  });
+  CHECK(parks_without_returning(gp, returned));
+  gort::sleep_for(20ms);  // not synchronisation: a wrong but finite deadline would expire here
+  CHECK_FALSE(returned.load());
+  CHECK(ch.send_for(42, 5s));
+  CHECK(out.recv() == 42);  // case 0, value 42
+  hold.close();
+}
+
+}  // namespace
+
+TEST_CASE("select: an on_timeout too long to represent never fires", "[select]") {
+  no_procs_env env;
+  const auto procs = GENERATE(1u, 2u);
+  gort::run(with_procs(procs), [] {
+    too_long_timeout_never_fires(std::chrono::nanoseconds::max());
+    too_long_timeout_never_fires(std::chrono::hours::max());
+    too_long_timeout_never_fires(std::chrono::duration<double>(1e30));
+  });
+}
+
 // Go's TestPseudoRandomSend: a select with two send cases on one channel, parked before the
 // receiver comes. A receiver serves the node at the head of the channel's send queue, so the
 // select must queue its cases in random order for both values to come out about equally often.

@@ -5,6 +5,7 @@
 #include <catch2/generators/catch_generators.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -18,6 +19,7 @@
 
 #include "gort/gort.hpp"
 #include "gort/time.hpp"
+#include "sched.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -358,6 +360,53 @@ TEST_CASE("timer: stop racing the fire always returns true when nobody received"
   });
   CHECK(r.stopped == n);
   CHECK(r.stale == 0);
+}
+
+// Durations too long for "now + d" to be represented sleep on (they wrapped around into the
+// past and returned at once); timers and tickers built with them stay pending.
+TEST_CASE("sleep_for, sleep_until and timers with a time too far to represent", "[sleep][timer]") {
+  no_procs_env env;
+  // Static and on the heap: the sleepers are abandoned with the runtime.
+  static auto* woke = new std::atomic<int>(0);
+  static auto* never = new gort::wait_group;
+  static std::array<std::atomic<gort::rt::g*>, 4> gs{};
+  woke->store(0);
+  for (auto& g : gs) g.store(nullptr);
+  const bool parked = gort::run(with_procs(2), [] {
+    never->add(1);
+    auto sleeper = [](std::size_t k, void (*sleep)()) {
+      gort::go([k, sleep] {
+        gs[k].store(gort::rt::getg());
+        sleep();
+        woke->fetch_add(1);
+        never->wait();  // a G that woke stays alive (and its descriptor readable)
+      });
+    };
+    sleeper(0, [] { gort::sleep_for(std::chrono::nanoseconds::max()); });
+    sleeper(1, [] { gort::sleep_for(std::chrono::hours::max()); });
+    sleeper(2, [] { gort::sleep_for(std::chrono::duration<double>(1e30)); });
+    sleeper(3, [] { gort::sleep_until(std::chrono::time_point<steady, std::chrono::hours>::max()); });
+    auto asleep = [] {
+      for (auto& a : gs) {
+        gort::rt::g* g = a.load();
+        if (!g || g->status.load() != gort::rt::gstatus::waiting) return false;
+      }
+      return woke->load() == 0;
+    };
+    const auto give_up = steady::now() + 20s;
+    while (!asleep() && woke->load() == 0 && steady::now() < give_up) gort::yield();
+    const bool all_asleep = asleep();
+
+    gort::timer t(std::chrono::hours::max());
+    gort::ticker tk(std::chrono::nanoseconds::max());
+    gort::sleep_for(20ms);  // not synchronisation: a wrong but finite deadline would expire here
+    CHECK_FALSE(t.c().try_recv());
+    CHECK_FALSE(tk.c().try_recv());
+    CHECK(t.stop());
+    return all_asleep && asleep();
+  });
+  CHECK(parked);
+  CHECK(woke->load() == 0);
 }
 
 TEST_CASE("ticker: ticks on its grid, monotonic, stop ends them; after() delivers once", "[timer]") {

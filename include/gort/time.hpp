@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <new>
 #include <optional>
 #include <stdexcept>
@@ -22,6 +21,7 @@
 #include <utility>
 
 #include "gort/chan.hpp"
+#include "gort/deadline.hpp"
 #include "gort/gort.hpp"
 
 namespace gort {
@@ -51,19 +51,15 @@ GORT_API bool timer_stop(timer_core* t) noexcept;
 // Stops and lets go of the handle's hold (the closure lives on while its G runs).
 GORT_API void timer_free(timer_core* t) noexcept;
 
+// A fire time: now for d <= 0, never_ns (armed, but it does not fire) for a d too long.
 template <class Rep, class Per>
 std::int64_t timer_when(const std::chrono::duration<Rep, Per>& d) {
-  const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                               std::chrono::steady_clock::now().time_since_epoch()).count();
-  if (d <= d.zero()) return now;
-  const double ns = std::chrono::duration<double, std::nano>(d).count();
-  if (ns >= static_cast<double>(std::numeric_limits<std::int64_t>::max() / 2)) return std::numeric_limits<std::int64_t>::max() / 2;
-  return now + std::chrono::ceil<std::chrono::nanoseconds>(d).count();
+  return steady_deadline_after(d);
 }
 template <class Rep, class Per>
 std::int64_t timer_period(const std::chrono::duration<Rep, Per>& d, const char* what) {
   if (d <= d.zero()) throw std::invalid_argument(std::string(what) + ": non-positive interval");
-  return std::chrono::ceil<std::chrono::nanoseconds>(d).count();
+  return saturating_ns(d);
 }
 
 }  // namespace detail
