@@ -89,8 +89,9 @@
 // poll until its nodes are queued and it is off its stack (block's unlock transition). It
 // polls the cases in the same order; if none is ready it arms the buffered channels whose
 // queue (in the case's direction) is empty, as the first waiter above does, looks at those
-// rings once more, and then queues one node per case. A close is either seen by the poll or
-// finds the nodes queued.
+// rings once more, and then queues one node per case, in the poll order (several cases on one
+// channel thus wait in random order). A close is either seen by the poll or finds the nodes
+// queued.
 #include "gort/chan.hpp"
 
 #include <algorithm>
@@ -784,9 +785,13 @@ std::size_t chan_select(select_case* cs, std::size_t n, std::int64_t deadline_ns
     break;
   }
 
+  // Queued in the poll order: cases on the same channel then sit in its queue in random order,
+  // so a party arriving later serves each of them with equal probability (as in Go, which
+  // permutes them too).
   rt::wait_state ws;
   scratch<chan_waiter, 8> nodes(n);
-  for (std::size_t i = 0; i < n; ++i) {
+  for (std::size_t k = 0; k < n; ++k) {
+    const std::size_t i = order[k];
     chan_waiter& w = *::new (&nodes[i]) chan_waiter;
     w.ws = &ws;
     w.elem = cs[i].elem;

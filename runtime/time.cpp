@@ -17,7 +17,8 @@
 //    wait on until its commit runs), so no lock of ours or of the channel is held by the M
 //    that fires. The send is a try_send: a full channel drops the value (as Go's does), it
 //    never blocks. Because the send happens inside the fire, stop() (which waits the fire
-//    out) followed by draining the channel leaves no stale value behind.
+//    out) followed by draining the channel leaves no stale value behind. A value drained
+//    there had been sent but not received: as in Go 1.23, stop and reset then return true.
 //  - An after_func fire queues a launch of f (see launch_queue), which starts a new G for it
 //    (rt::g_new + g_launch, the steps of gort::go, which only take the P's free list
 //    or the stack pool's lock and put the G on the P's queue, as ready() does). The launch and
@@ -310,13 +311,16 @@ bool stop_core(timer_core* c) noexcept {
   return rt::timer_stop(&c->tm);
 }
 
-void drain_chan(timer_core* c) noexcept {
-  if (!c->ch) return;
-  // No stale value from before the call (Go 1.23): empty the one slot.
+// Empties the channel's one slot, so that no value from before the call is received after it
+// (Go 1.23). True if it held a value: a fire the program had not received yet, which Go 1.23
+// counts as not delivered (its Stop and Reset then report the timer as stopped while pending).
+bool drain_chan(timer_core* c) noexcept {
+  if (!c->ch) return false;
   time_point junk;
   try {
-    (void)detail::chan_recv(c->ch, &junk, -1);
+    return detail::chan_recv(c->ch, &junk, -1) == detail::chan_status::ok;
   } catch (...) {
+    return false;
   }
 }
 
@@ -373,8 +377,8 @@ void timer_after(chan_core* ch, std::int64_t when_ns) {
 bool timer_reset(timer_core* c, std::int64_t when_ns, std::int64_t period_ns) {
   rt::preempt_check();
   rt::nopreempt_scope np;
-  const bool was = stop_core(c);
-  drain_chan(c);
+  bool was = stop_core(c);
+  was |= drain_chan(c);
   rt::spin_lock(c->lock);
   c->stopped = false;
   c->period = period_ns;
@@ -385,8 +389,8 @@ bool timer_reset(timer_core* c, std::int64_t when_ns, std::int64_t period_ns) {
 
 bool timer_stop(timer_core* c) noexcept {
   rt::nopreempt_scope np;
-  const bool was = stop_core(c);
-  drain_chan(c);
+  bool was = stop_core(c);
+  was |= drain_chan(c);
   return was;
 }
 

@@ -18,6 +18,7 @@
 #include "gort/chan.hpp"
 #include "gort/gort.hpp"
 #include "expect.hpp"
+#include "sched.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -198,6 +199,80 @@ TEST_CASE("send_for and recv_for time out and succeed", "[chan]") {
     }
     gort::go([ch] { ch.send(42); });
     CHECK(ch.recv() == 42);
+  });
+}
+
+namespace {
+
+// Yields until the G published in `gp` is parked (true), or until `returned` is set or 20 s
+// have passed (false; the limit only bounds the polling).
+bool parks_without_returning(const std::atomic<gort::rt::g*>& gp, const std::atomic<bool>& returned) {
+  const auto give_up = steady::now() + 20s;
+  for (;;) {
+    if (returned.load()) return false;
+    if (gort::rt::g* g = gp.load(); g && g->status.load() == gort::rt::gstatus::waiting) return true;
+    if (steady::now() >= give_up) return false;
+    gort::yield();
+  }
+}
+
+// recv_for(d) and send_for(d) on a channel (capacity cap) that has nothing for them, with a d
+// too long for "now + d" to be represented: each must park and stay parked until a partner
+// comes, then complete with the partner's value. The G stays alive (on `hold`) until the end,
+// so that its descriptor can be read while it is checked for being parked.
+template <class D>
+void too_long_is_forever(D d, std::size_t cap) {
+  {
+    gort::chan<int> ch(cap), out(1), hold;
+    std::atomic<gort::rt::g*> gp{nullptr};
+    std::atomic<bool> returned{false};
+    gort::go([=, &gp, &returned] {
+      gp.store(gort::rt::getg());
+      const std::optional<int> v = ch.recv_for(d);
+      returned.store(true);
+      out.send(v ? *v : -1);
+      (void)hold.recv();
+    });
+    CHECK(parks_without_returning(gp, returned));
+    gort::sleep_for(20ms);  // not synchronisation: a wrong but finite deadline would expire here
+    CHECK_FALSE(returned.load());
+    CHECK(ch.send_for(42, 5s));
+    CHECK(out.recv() == 42);
+    hold.close();
+  }
+  {
+    gort::chan<int> ch(cap), out(1), hold;
+    for (std::size_t i = 0; i < cap; ++i) ch.send(-2);  // full: the send has to wait
+    std::atomic<gort::rt::g*> gp{nullptr};
+    std::atomic<bool> returned{false};
+    gort::go([=, &gp, &returned] {
+      gp.store(gort::rt::getg());
+      const bool ok = ch.send_for(7, d);
+      returned.store(true);
+      out.send(ok ? 1 : 0);
+      (void)hold.recv();
+    });
+    CHECK(parks_without_returning(gp, returned));
+    gort::sleep_for(20ms);
+    CHECK_FALSE(returned.load());
+    for (std::size_t i = 0; i < cap; ++i) CHECK(ch.recv_for(5s) == -2);
+    CHECK(ch.recv_for(5s) == 7);
+    CHECK(out.recv() == 1);
+    hold.close();
+  }
+}
+
+}  // namespace
+
+TEST_CASE("send_for and recv_for with a duration too long to represent wait without limit", "[chan]") {
+  no_procs_env env;
+  const auto procs = GENERATE(1u, 2u);
+  const std::size_t cap = GENERATE(0u, 1u);
+  gort::run(with_procs(procs), [cap] {
+    too_long_is_forever(std::chrono::nanoseconds::max(), cap);
+    too_long_is_forever(std::chrono::hours::max(), cap);
+    too_long_is_forever(std::chrono::duration<double>(1e30), cap);
+    too_long_is_forever(std::chrono::nanoseconds::max() - std::chrono::hours(1), cap);
   });
 }
 

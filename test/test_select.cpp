@@ -4,6 +4,7 @@
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -19,6 +20,7 @@
 #include "gort/chan.hpp"
 #include "gort/gort.hpp"
 #include "expect.hpp"
+#include "sched.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -128,6 +130,134 @@ TEST_CASE("select timeouts: fire when nothing is ready, never when something is"
     CHECK(i == 0);
     CHECK(gort::select(gort::on_recv(a, [](std::optional<int>) {}), gort::on_timeout(-1ms, [] {})) == 1);
   });
+}
+
+namespace {
+
+// Yields until the G published in `gp` is parked (true), or until `returned` is set or 20 s
+// have passed (false; the limit only bounds the polling).
+bool parks_without_returning(const std::atomic<gort::rt::g*>& gp, const std::atomic<bool>& returned) {
+  const auto give_up = steady::now() + 20s;
+  for (;;) {
+    if (returned.load()) return false;
+    if (gort::rt::g* g = gp.load(); g && g->status.load() == gort::rt::gstatus::waiting) return true;
+    if (steady::now() >= give_up) return false;
+    gort::yield();
+  }
+}
+
+// on_timeout(d) with a d too long for "now + d" to be represented never fires: beside a finite
+// timeout, the finite one is taken (in either order); beside a receive, the select parks and
+// stays parked until the value comes.
+template <class D>
+void too_long_timeout_never_fires(D d) {
+  gort::chan<int> ch;
+  auto t0 = steady::now();
+  auto i = gort::select(gort::on_recv(ch, [](std::optional<int>) {}), gort::on_timeout(d, [] {}),
+                        gort::on_timeout(20ms, [] {}));
+  CHECK(i == 2);
+  CHECK(steady::now() - t0 >= 20ms);
+  t0 = steady::now();
+  i = gort::select(gort::on_timeout(20ms, [] {}), gort::on_recv(ch, [](std::optional<int>) {}),
+                   gort::on_timeout(d, [] {}));
+  CHECK(i == 0);
+  CHECK(steady::now() - t0 >= 20ms);
+
+  gort::chan<int> out(1), hold;
+  std::atomic<gort::rt::g*> gp{nullptr};
+  std::atomic<bool> returned{false};
+  gort::go([=, &gp, &returned] {
+    gp.store(gort::rt::getg());
+    int got = -1;
+    const std::size_t k = gort::select(gort::on_recv(ch, [&](std::optional<int> v) { got = v.value_or(-2); }),
+                                       gort::on_timeout(d, [&] { got = -3; }));
+    returned.store(true);
+    out.send(static_cast<int>(k) * 1000 + got);
+    (void)hold.recv();  // keeps the G, whose descriptor was read, alive until the end
+  });
+  CHECK(parks_without_returning(gp, returned));
+  gort::sleep_for(20ms);  // not synchronisation: a wrong but finite deadline would expire here
+  CHECK_FALSE(returned.load());
+  CHECK(ch.send_for(42, 5s));
+  CHECK(out.recv() == 42);  // case 0, value 42
+  hold.close();
+}
+
+}  // namespace
+
+TEST_CASE("select: an on_timeout too long to represent never fires", "[select]") {
+  no_procs_env env;
+  const auto procs = GENERATE(1u, 2u);
+  gort::run(with_procs(procs), [] {
+    too_long_timeout_never_fires(std::chrono::nanoseconds::max());
+    too_long_timeout_never_fires(std::chrono::hours::max());
+    too_long_timeout_never_fires(std::chrono::duration<double>(1e30));
+  });
+}
+
+// Go's TestPseudoRandomSend: a select with two send cases on one channel, parked before the
+// receiver comes. A receiver serves the node at the head of the channel's send queue, so the
+// select must queue its cases in random order for both values to come out about equally often.
+TEST_CASE("select: two parked send cases on one channel are served with equal probability", "[select][fairness]") {
+  no_procs_env env;
+  const auto procs = GENERATE(1u, 2u);
+  const std::size_t cap = GENERATE(0u, 1u);
+  const long rounds = std::max(200L, 4000 / test_scale());
+  struct result {
+    std::array<long, 2> n{};
+    long other = 0;  // values that are neither 0 nor 1, or missing
+    bool all_parked = true;
+  };
+  const result r = gort::run(with_procs(procs), [rounds, cap] {
+    result out;
+    gort::chan<int> ch(cap);
+    std::atomic<gort::rt::g*> gp{nullptr};
+    std::atomic<long> round{-1};
+    gort::wait_group done;
+    done.add(1);
+    gort::go([&, ch] {
+      gp.store(gort::rt::getg());
+      for (long k = 0; k < rounds; ++k) {
+        round.store(k);
+        gort::select(gort::on_send(ch, 0, [] {}), gort::on_send(ch, 1, [] {}));
+      }
+      done.done();
+    });
+    auto take = [&] {
+      const std::optional<int> v = ch.recv_for(10s);
+      if (v && (*v == 0 || *v == 1)) ++out.n[static_cast<std::size_t>(*v)];
+      else ++out.other;
+    };
+    // Buffered, round 0 fills the slot without waiting and every later round parks. The store
+    // of `round` comes after the selecter's previous wake-up, so the status read after seeing
+    // it is not left over from the round before.
+    const auto give_up = steady::now() + 60s;
+    for (long k = cap ? 1 : 0; k < rounds; ++k) {
+      while (round.load() != k || gp.load()->status.load() != gort::rt::gstatus::waiting) {
+        if (steady::now() >= give_up) break;
+        gort::yield();
+      }
+      if (steady::now() >= give_up) {
+        out.all_parked = false;
+        return out;  // the selecter is abandoned
+      }
+      take();
+    }
+    if (cap) take();
+    done.wait();
+    return out;
+  });
+  const double chi2 = chi2_uniform(r.n);
+  INFO("procs " << procs << " capacity " << cap << " rounds " << rounds << ": zeros " << r.n[0] << ", ones "
+                << r.n[1] << ", chi2 " << chi2);
+  CHECK(r.all_parked);
+  CHECK(r.other == 0);
+  CHECK(r.n[0] + r.n[1] == rounds);
+  // 1 degree of freedom: P(chi2 > 33) is about 1e-8. With at least 200 rounds, a share outside
+  // 30%..70% is at least 5.6 standard deviations from a fair half (also about 1e-8).
+  CHECK(chi2 < 33.0);
+  CHECK(r.n[0] >= rounds * 3 / 10);
+  CHECK(r.n[1] >= rounds * 3 / 10);
 }
 
 TEST_CASE("select picks uniformly among ready cases (chi-squared)", "[select][fairness]") {

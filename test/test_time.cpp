@@ -5,6 +5,7 @@
 #include <catch2/generators/catch_generators.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -18,6 +19,7 @@
 
 #include "gort/gort.hpp"
 #include "gort/time.hpp"
+#include "sched.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -253,6 +255,158 @@ TEST_CASE("timer: reset moves the deadline; stop/reset results; OS thread use", 
     th.join();
     CHECK(ran == 1);
   });
+}
+
+namespace {
+
+// Yields until ch holds a value (true), at most 20 s (false): how a test waits for a fire that
+// it must not receive.
+bool holds_value(const gort::chan<steady::time_point>& ch) {
+  const auto give_up = steady::now() + 20s;
+  while (ch.size() == 0 && steady::now() < give_up) gort::yield();
+  return ch.size() == 1;
+}
+
+// The pre-Go-1.23 idiom `if (!t.Stop()) <-t.C`, with the receive bounded: true if it completed
+// (stop said the value will not come, or the value came).
+bool stop_idiom(gort::timer& t) { return t.stop() || t.c().recv_for(2s).has_value(); }
+
+}  // namespace
+
+// Go 1.23: a channel timer's Stop and Reset report whether the timer was pending, and a fire
+// whose value has not been received counts as pending (the call discards the value).
+TEST_CASE("timer: stop and reset results and stale values follow Go 1.23", "[timer]") {
+  no_procs_env env;
+  gort::run(with_procs(2), [] {
+    {  // pending: stop stops it; then it is stopped
+      gort::timer t(1h);
+      CHECK(t.stop());
+      CHECK_FALSE(t.stop());
+      CHECK_FALSE(t.reset(1h));
+      CHECK(t.reset(1h));
+      CHECK(t.stop());
+      CHECK_FALSE(t.c().try_recv());
+    }
+    {  // fired, value not received: stop returns true and discards it
+      gort::timer t(1ms);
+      REQUIRE(holds_value(t.c()));
+      CHECK(t.stop());
+      CHECK(t.c().size() == 0);
+      CHECK_FALSE(t.c().recv_for(20ms));
+      CHECK_FALSE(t.stop());
+    }
+    {  // fired and received: nothing was pending
+      gort::timer t(1ms);
+      CHECK(t.c().recv());
+      CHECK_FALSE(t.stop());
+      CHECK_FALSE(t.reset(1h));
+      CHECK(t.stop());
+    }
+    {  // reset of a fired, unreceived timer: true, and only the new fire arrives
+      gort::timer t(1ms);
+      REQUIRE(holds_value(t.c()));
+      const auto t0 = steady::now();
+      CHECK(t.reset(5ms));
+      const auto v = t.c().recv();
+      REQUIRE(v);
+      CHECK(*v >= t0 + 5ms);
+      CHECK_FALSE(t.c().try_recv());
+    }
+    {  // the idiom completes at once, whether the timer is pending or fired and unreceived
+      gort::timer pending(1h), fired(1ms);
+      REQUIRE(holds_value(fired.c()));
+      const auto t0 = steady::now();
+      CHECK(stop_idiom(pending));
+      CHECK(stop_idiom(fired));
+      CHECK(steady::now() - t0 < 1s);
+      CHECK(fired.c().size() == 0);
+    }
+    {  // tickers: stop and reset leave no stale tick
+      gort::ticker tk(1ms);
+      REQUIRE(holds_value(tk.c()));
+      tk.stop();
+      CHECK(tk.c().size() == 0);
+      CHECK_FALSE(tk.c().recv_for(20ms));
+      gort::ticker tk2(1ms);
+      REQUIRE(holds_value(tk2.c()));
+      const auto t0 = steady::now();
+      tk2.reset(10ms);
+      const auto v = tk2.c().recv();
+      REQUIRE(v);
+      CHECK(*v >= t0 + 10ms);
+    }
+  });
+}
+
+// With no receiver, a timer's value is never received, so Go 1.23's Stop returns true however
+// it races with the fire: before it (pending), during it (waited out, then discarded) or after
+// it (discarded). Afterwards nothing is left to receive.
+TEST_CASE("timer: stop racing the fire always returns true when nobody received", "[timer]") {
+  no_procs_env env;
+  const auto procs = GENERATE(1u, 2u);
+  const long n = 20000 / test_scale();
+  struct result {
+    long stopped = 0, stale = 0;
+  };
+  const result r = gort::run(with_procs(procs), [n] {
+    result out;
+    for (long i = 0; i < n; ++i) {
+      gort::timer t(std::chrono::microseconds(i % 40));
+      for (long k = 0; k < i % 7; ++k) gort::yield();
+      out.stopped += t.stop();
+      out.stale += t.c().try_recv().has_value();
+    }
+    return out;
+  });
+  CHECK(r.stopped == n);
+  CHECK(r.stale == 0);
+}
+
+// Durations too long for "now + d" to be represented sleep on (they wrapped around into the
+// past and returned at once); timers and tickers built with them stay pending.
+TEST_CASE("sleep_for, sleep_until and timers with a time too far to represent", "[sleep][timer]") {
+  no_procs_env env;
+  // Static and on the heap: the sleepers are abandoned with the runtime.
+  static auto* woke = new std::atomic<int>(0);
+  static auto* never = new gort::wait_group;
+  static std::array<std::atomic<gort::rt::g*>, 4> gs{};
+  woke->store(0);
+  for (auto& g : gs) g.store(nullptr);
+  const bool parked = gort::run(with_procs(2), [] {
+    never->add(1);
+    auto sleeper = [](std::size_t k, void (*sleep)()) {
+      gort::go([k, sleep] {
+        gs[k].store(gort::rt::getg());
+        sleep();
+        woke->fetch_add(1);
+        never->wait();  // a G that woke stays alive (and its descriptor readable)
+      });
+    };
+    sleeper(0, [] { gort::sleep_for(std::chrono::nanoseconds::max()); });
+    sleeper(1, [] { gort::sleep_for(std::chrono::hours::max()); });
+    sleeper(2, [] { gort::sleep_for(std::chrono::duration<double>(1e30)); });
+    sleeper(3, [] { gort::sleep_until(std::chrono::time_point<steady, std::chrono::hours>::max()); });
+    auto asleep = [] {
+      for (auto& a : gs) {
+        gort::rt::g* g = a.load();
+        if (!g || g->status.load() != gort::rt::gstatus::waiting) return false;
+      }
+      return woke->load() == 0;
+    };
+    const auto give_up = steady::now() + 20s;
+    while (!asleep() && woke->load() == 0 && steady::now() < give_up) gort::yield();
+    const bool all_asleep = asleep();
+
+    gort::timer t(std::chrono::hours::max());
+    gort::ticker tk(std::chrono::nanoseconds::max());
+    gort::sleep_for(20ms);  // not synchronisation: a wrong but finite deadline would expire here
+    CHECK_FALSE(t.c().try_recv());
+    CHECK_FALSE(tk.c().try_recv());
+    CHECK(t.stop());
+    return all_asleep && asleep();
+  });
+  CHECK(parked);
+  CHECK(woke->load() == 0);
 }
 
 TEST_CASE("ticker: ticks on its grid, monotonic, stop ends them; after() delivers once", "[timer]") {

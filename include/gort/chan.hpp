@@ -24,6 +24,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "gort/deadline.hpp"
+
 #if !defined(GORT_API)
 #if defined(GORT_BUILDING_LIBRARY)
 #define GORT_API __attribute__((visibility("default")))
@@ -93,13 +95,15 @@ struct select_case {
 GORT_API std::size_t chan_select(select_case* cases, std::size_t n, std::int64_t deadline_ns,
                                  bool nonblocking, bool* ok);
 
+// A timeout's deadline: -1 when already due (only an immediate completion counts), else
+// steady_deadline_after(d), never_ns for a d too long to represent.
 template <class Rep, class Per>
-std::int64_t deadline_after(const std::chrono::duration<Rep, Per>& d) {
-  if (d <= d.zero()) return -1;  // already due: only an immediate completion counts
-  const auto dl = std::chrono::steady_clock::now() +
-                  std::chrono::ceil<std::chrono::steady_clock::duration>(d);
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(dl.time_since_epoch()).count();
+std::int64_t deadline_after(const std::chrono::duration<Rep, Per>& d) noexcept {
+  if (d <= d.zero()) return -1;
+  return steady_deadline_after(d);
 }
+// The runtime's form of such a deadline: never_ns becomes 0, "no limit".
+inline std::int64_t runtime_deadline(std::int64_t deadline) noexcept { return deadline >= never_ns ? 0 : deadline; }
 
 template <class T>
 chan_core* core_of(const chan<T>& ch, const char* op) {
@@ -195,7 +199,7 @@ std::size_t select_impl(Tuple& cs, std::index_sequence<I...>) {
 
   bool ok = false;
   const bool nonblocking = def_idx != n || deadline < 0;
-  const std::size_t r = chan_select(rc, k, deadline < 0 ? 0 : deadline, nonblocking, &ok);
+  const std::size_t r = chan_select(rc, k, deadline < 0 ? 0 : runtime_deadline(deadline), nonblocking, &ok);
   const std::size_t taken = r < k ? orig[r] : (def_idx != n ? def_idx : to_idx);
 
   auto run = [&](auto& c) {
@@ -275,21 +279,23 @@ class chan {
     return s.take();
   }
 
-  // Waits at most d. False: timed out and v is untouched. Throws closed_channel.
+  // Waits at most d (without limit for a d too long to represent as a deadline, such as
+  // nanoseconds::max()). False: timed out and v is untouched. Throws closed_channel.
   template <class Rep, class Per>
   bool send_for(T& v, std::chrono::duration<Rep, Per> d) const {
-    return detail::chan_send(core("send_for"), std::addressof(v), detail::deadline_after(d)) ==
+    return detail::chan_send(core("send_for"), std::addressof(v),
+                            detail::runtime_deadline(detail::deadline_after(d))) ==
            detail::chan_status::ok;
   }
   template <class Rep, class Per>
   bool send_for(T&& v, std::chrono::duration<Rep, Per> d) const {
     return send_for(v, d);
   }
-  // Waits at most d; nullopt on timeout or when closed and drained.
+  // Waits at most d (as send_for); nullopt on timeout or when closed and drained.
   template <class Rep, class Per>
   std::optional<T> recv_for(std::chrono::duration<Rep, Per> d) const {
     detail::slot<T> s;
-    if (detail::chan_recv(core("recv_for"), s.raw, detail::deadline_after(d)) !=
+    if (detail::chan_recv(core("recv_for"), s.raw, detail::runtime_deadline(detail::deadline_after(d))) !=
         detail::chan_status::ok)
       return std::nullopt;
     return s.take();
@@ -341,8 +347,9 @@ auto on_default(F&& fn) {
 // Blocks until one case can proceed, performs it, runs its handler and returns the index of
 // the case taken (its position in the argument list). Among several ready cases one is picked
 // uniformly at random. on_default is taken at once when no channel case is ready; on_timeout
-// when its duration passes first (with several, the earliest). A send case on a closed
-// channel throws closed_channel, as a plain send does.
+// when its duration passes first (with several, the earliest; one too long to represent as a
+// deadline never passes). A send case on a closed channel throws closed_channel, as a plain
+// send does.
 template <class... Cases>
 std::size_t select(Cases&&... cases) {
   static_assert(sizeof...(Cases) > 0, "gort::select: no cases (would block forever)");

@@ -27,6 +27,7 @@
 #include <utility>
 
 #include "gort/config.hpp"
+#include "gort/deadline.hpp"
 
 #if defined(GORT_BUILDING_LIBRARY)
 #define GORT_API __attribute__((visibility("default")))
@@ -362,22 +363,18 @@ decltype(auto) blocking(F&& f, A&&... args) {
 GORT_API void lock_os_thread();
 GORT_API void unlock_os_thread();
 
-// Parks the calling G (or sleeps the calling OS thread) for at least d. Never wakes early.
+// Parks the calling G (or sleeps the calling OS thread) for at least d. Never wakes early. A d
+// too long to represent (nanoseconds::max(), hours::max()) sleeps until detail::never_ns.
 template <class Rep, class Period>
 void sleep_for(const std::chrono::duration<Rep, Period>& d) {
   if (d <= d.zero()) return;
-  auto now = std::chrono::steady_clock::now();
-  auto dl = now + std::chrono::ceil<std::chrono::steady_clock::duration>(d);
-  detail::sleep_until_steady(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(dl.time_since_epoch()).count());
+  detail::sleep_until_steady(detail::steady_deadline_after(d));
 }
 
 template <class Clock, class Dur>
 void sleep_until(const std::chrono::time_point<Clock, Dur>& t) {
   if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>) {
-    detail::sleep_until_steady(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(
-            std::chrono::ceil<std::chrono::nanoseconds>(t.time_since_epoch())).count());
+    detail::sleep_until_steady(detail::steady_deadline_at(t));
   } else {
     // Other clocks may jump: sleep in steady steps until that clock says we are there.
     for (auto now = Clock::now(); now < t; now = Clock::now()) sleep_for(t - now);

@@ -17,7 +17,6 @@
 #include <condition_variable>  // std::cv_status
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <system_error>
@@ -31,15 +30,12 @@ namespace gort {
 namespace detail {
 
 // Deadlines cross into the runtime as CLOCK_MONOTONIC (steady_clock) nanoseconds; 0 means
-// none. A duration too long to represent is no deadline at all.
+// none. A deadline too far to represent (never_ns, deadline.hpp) is no deadline at all; one at
+// or before the clock's epoch is 1 (already due: only an immediate success counts).
+inline std::int64_t sync_deadline(std::int64_t ns) noexcept { return ns >= never_ns ? 0 : ns > 0 ? ns : 1; }
 template <class Rep, class Per>
 std::int64_t sync_deadline_after(const std::chrono::duration<Rep, Per>& d) {
-  const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                               std::chrono::steady_clock::now().time_since_epoch()).count();
-  if (d <= d.zero()) return now > 0 ? now : 1;  // already due: only an immediate success counts
-  const double ns = std::chrono::duration<double, std::nano>(d).count();
-  if (ns >= static_cast<double>(std::numeric_limits<std::int64_t>::max() - now) - 1e9) return 0;
-  return now + std::chrono::ceil<std::chrono::nanoseconds>(d).count();
+  return sync_deadline(steady_deadline_after(d));
 }
 
 // Runs op(deadline_ns) until it succeeds or Clock says t has passed. steady_clock deadlines go
@@ -48,8 +44,7 @@ std::int64_t sync_deadline_after(const std::chrono::duration<Rep, Per>& d) {
 template <class Clock, class Dur, class Op>
 bool until_clock(const std::chrono::time_point<Clock, Dur>& t, Op op) {
   if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>) {
-    auto ns = std::chrono::ceil<std::chrono::nanoseconds>(t.time_since_epoch()).count();
-    return op(ns > 0 ? ns : std::int64_t{1});
+    return op(sync_deadline(steady_deadline_at(t)));
   } else {
     for (;;) {
       const auto now = Clock::now();
@@ -210,16 +205,15 @@ class condition_variable {
   }
   template <class Rep, class Per, class Pred>
   bool wait_for(std::unique_lock<mutex>& lk, const std::chrono::duration<Rep, Per>& d, Pred pred) {
-    return wait_until(lk, std::chrono::steady_clock::now() + std::chrono::ceil<std::chrono::steady_clock::duration>(
-                                                                 clamp(d)),
-                      std::move(pred));
+    using steady = std::chrono::steady_clock;
+    const std::chrono::nanoseconds dl(detail::steady_deadline_after(d));
+    return wait_until(lk, steady::time_point(std::chrono::ceil<steady::duration>(dl)), std::move(pred));
   }
   template <class Clock, class Dur>
   std::cv_status wait_until(std::unique_lock<mutex>& lk, const std::chrono::time_point<Clock, Dur>& t) {
     std::int64_t dl;
     if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>) {
-      dl = std::chrono::ceil<std::chrono::nanoseconds>(t.time_since_epoch()).count();
-      if (dl <= 0) dl = 1;
+      dl = detail::sync_deadline(detail::steady_deadline_at(t));
     } else {
       dl = detail::sync_deadline_after(t - Clock::now());
     }
@@ -236,14 +230,6 @@ class condition_variable {
   }
 
  private:
-  template <class Rep, class Per>
-  static std::chrono::duration<Rep, Per> clamp(const std::chrono::duration<Rep, Per>& d) {
-    // steady now + d must not overflow: ~100 years is "forever" for a wait.
-    const auto cap = std::chrono::hours(24 * 365 * 100);
-    return std::chrono::duration<double, std::nano>(d) > cap
-               ? std::chrono::duration_cast<std::chrono::duration<Rep, Per>>(cap)
-               : d;
-  }
   // True if woken by a notify (or spuriously), false if the deadline passed.
   GORT_API bool wait_impl(std::unique_lock<mutex>& lk, std::int64_t deadline_ns);
 

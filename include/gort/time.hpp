@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <new>
 #include <optional>
 #include <stdexcept>
@@ -22,6 +21,7 @@
 #include <utility>
 
 #include "gort/chan.hpp"
+#include "gort/deadline.hpp"
 #include "gort/gort.hpp"
 
 namespace gort {
@@ -42,34 +42,36 @@ GORT_API void timer_start(timer_core* t, void (*call)(void*), void (*destroy)(vo
 // time.After: a handle-less timer that sends the time on ch once at when_ns, then frees itself.
 GORT_API void timer_after(chan_core* ch, std::int64_t when_ns);
 // Arms (or re-arms) at steady deadline when_ns with period_ns (0: one-shot). Returns true if
-// the timer was armed before (Go's Reset result). Drops a stale value from its channel.
+// the timer was armed before or its channel held a fire not yet received (Go 1.23's Reset
+// result). Drops that stale value from its channel.
 GORT_API bool timer_reset(timer_core* t, std::int64_t when_ns, std::int64_t period_ns);
-// True if this stopped a pending fire. Waits out a fire already under way.
+// True if this stopped a pending fire, or discarded the value of a fire not yet received (Go
+// 1.23's Stop result). Waits out a fire already under way. Drops a stale value, as reset does.
 GORT_API bool timer_stop(timer_core* t) noexcept;
 // Stops and lets go of the handle's hold (the closure lives on while its G runs).
 GORT_API void timer_free(timer_core* t) noexcept;
 
+// A fire time: now for d <= 0, never_ns (armed, but it does not fire) for a d too long.
 template <class Rep, class Per>
 std::int64_t timer_when(const std::chrono::duration<Rep, Per>& d) {
-  const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                               std::chrono::steady_clock::now().time_since_epoch()).count();
-  if (d <= d.zero()) return now;
-  const double ns = std::chrono::duration<double, std::nano>(d).count();
-  if (ns >= static_cast<double>(std::numeric_limits<std::int64_t>::max() / 2)) return std::numeric_limits<std::int64_t>::max() / 2;
-  return now + std::chrono::ceil<std::chrono::nanoseconds>(d).count();
+  return steady_deadline_after(d);
 }
 template <class Rep, class Per>
 std::int64_t timer_period(const std::chrono::duration<Rep, Per>& d, const char* what) {
   if (d <= d.zero()) throw std::invalid_argument(std::string(what) + ": non-positive interval");
-  return std::chrono::ceil<std::chrono::nanoseconds>(d).count();
+  return saturating_ns(d);
 }
 
 }  // namespace detail
 
 // A one-shot timer. Constructed with a duration, it fires once after it and sends the fire
-// time on c() (capacity 1). stop() cancels a pending fire (true if it did); reset(d) re-arms
-// for d from now (true if it was still pending). After stop or reset, c() holds no stale value
-// from before the call (as in Go 1.23). Destroying an armed timer stops it first.
+// time on c() (capacity 1). stop() cancels it; reset(d) re-arms it for d from now. Both return
+// what Go 1.23's Stop and Reset do: true if the timer was pending, where a fire whose value
+// has not been received yet counts as pending (the call discards the value); false if it had
+// been stopped, or had fired and its value was received. So `if (!t.stop()) t.c().recv();`
+// (the pre-1.23 idiom) never waits for a value that will not come, unless the program received
+// the value itself. After stop or reset, c() yields no stale value from before the call.
+// Destroying an armed timer stops it first.
 // Works from Gs and OS threads while a runtime runs (otherwise std::logic_error).
 class timer {
  public:
