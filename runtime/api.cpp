@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "boot.hpp"
+#include "g.hpp"
 #include "proc.hpp"
 #include "timer_sleeper.hpp"
 #include "wait.hpp"
@@ -29,6 +30,24 @@ struct wg_node {
   bool queued = false;
 };
 using wg_queue = waitq<wg_node, waitq_words<wg_node>>;
+
+// The abandon_hook of a G parked in wait() (g.hpp): shutdown takes its node off the queue and
+// its registration off the count, as if it had never waited.
+struct wg_hook : abandon_hook {
+  std::atomic<std::uint64_t>* state;
+  std::atomic<std::uint32_t>* lock;
+  wg_queue q;
+  wg_node* w;
+};
+void wg_detach(abandon_hook* h) noexcept {
+  auto* wh = static_cast<wg_hook*>(h);
+  spin_lock(*wh->lock);
+  if (wh->w->queued) {
+    wh->q.unlink(wh->w);
+    wh->state->fetch_sub(1, std::memory_order_acq_rel);
+  }
+  spin_unlock(*wh->lock);
+}
 
 }  // namespace
 }  // namespace rt
@@ -121,6 +140,8 @@ void wait_group::wait() {
   } while (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel));
   rt::wg_node w;
   rt::wg_queue{{head_, tail_}}.push_back(&w);
+  rt::wg_hook h{{rt::wg_detach, this}, &state_, &lock_, {{head_, tail_}}, &w};
+  rt::queued_scope qs(&h);
   rt::block(w.ws, 0, "wait_group", rt::unlocking(lock_));
 }
 
@@ -128,9 +149,15 @@ void thread::check_joinable(const char* what) const {
   if (!g_)
     throw std::system_error(std::make_error_code(std::errc::invalid_argument),
                             std::string(what) + ": thread is not joinable");
-  if (detail::current_g_id() == detail::g_id(g_))
+  if (detail::current_g_id() == id_)
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             std::string(what) + ": a thread cannot join itself");
+}
+
+void thread::runtime_gone(const char* what) {
+  g_ = nullptr;
+  throw std::system_error(std::make_error_code(std::errc::no_such_process),
+                          std::string(what) + ": the runtime that ran this thread has shut down");
 }
 
 }  // namespace gort

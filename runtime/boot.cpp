@@ -48,6 +48,7 @@ void main_body(void* p) {
 
 // Single-threaded: every M has exited.
 void teardown() GORT_NO_TSA {
+  g_shutdown();  // what task and thread handles still hold, before the stacks go
   for (g* gp : sched.allg) gp->fib.destroy();
   sched.allg.reset();
   for (p* pp : sched.ps) {

@@ -102,6 +102,7 @@
 #include <type_traits>
 
 #include "chan_ring.hpp"
+#include "g.hpp"
 #include "m.hpp"
 #include "alloc.hpp"
 #include "proc.hpp"
@@ -304,18 +305,41 @@ inline void hand_over(chan_core* c, void* dst, void* src, chan_waiter* w) noexce
 // Holding c's lock: queue w (already pointing at its value or destination) on q and block until
 // a waker finishes it (true) or the deadline passes (false: w is taken off the queue again).
 // Returns without the lock.
+// The abandon_hook of a parked send or receive (g.hpp): shutdown takes the node off the queue.
+struct park_hook : rt::abandon_hook {
+  chan_core* c;
+  waitq* q;
+  chan_waiter* w;
+};
+void park_detach(rt::abandon_hook* h) noexcept;
+
 [[gnu::always_inline]] inline bool park_on(chan_core* c, waitq& q, chan_waiter& w, std::int64_t deadline_ns,
                                             const char* reason) GORT_RELEASE(c->lock) GORT_NO_TSA {
   rt::wait_state ws;
   w.ws = &ws;
   w.sole = deadline_ns == 0;
   q.push_back(&w);
-  if (rt::block(ws, deadline_ns, reason, rt::unlocking(c->lock))) return true;
+  bool woken;
+  {
+    park_hook h{{park_detach, c}, c, &q, &w};
+    rt::queued_scope qs(&h);
+    woken = rt::block(ws, deadline_ns, reason, rt::unlocking(c->lock));
+  }
+  if (woken) return true;
   c->lock.lock();
   if (w.queued) q.unlink(&w);
   if (c->rg.cap) sync_flags(c);
   c->lock.unlock();
   return false;
+}
+
+void park_detach(rt::abandon_hook* h) noexcept {
+  auto* ph = static_cast<park_hook*>(h);
+  chan_core* c = ph->c;
+  c->lock.lock();
+  if (ph->w->queued) ph->q->unlink(ph->w);
+  if (c->rg.cap) sync_flags(c);
+  c->lock.unlock();
 }
 
 inline bool past(std::int64_t deadline_ns) noexcept {
@@ -632,6 +656,26 @@ struct lockset {
 // the array in it, stay as they are, and after that this loop reads nothing.
 void unlock_set(rt::fiber*, void* arg) noexcept { static_cast<lockset*>(arg)->unlock(); }
 
+// The abandon_hook of a parked select (g.hpp): shutdown takes its nodes off every queue.
+struct select_hook : rt::abandon_hook {
+  select_case* cs;
+  std::size_t n;
+  chan_waiter* nodes;
+  lockset* ls;
+};
+void select_detach(rt::abandon_hook* h) noexcept {
+  auto* sh = static_cast<select_hook*>(h);
+  sh->ls->lock();
+  for (std::size_t i = 0; i < sh->n; ++i) {
+    chan_waiter& w = sh->nodes[i];
+    select_case& k = sh->cs[i];
+    if (w.queued) (k.send ? k.c->sendq : k.c->recvq).unlink(&w);
+  }
+  for (std::size_t j = 0; j < sh->ls->n; ++j)
+    if (sh->ls->c[j]->rg.cap) sync_flags(sh->ls->c[j]);
+  sh->ls->unlock();
+}
+
 // Scratch arrays for a select: on the stack for the usual handful of cases, left
 // uninitialised (the select writes each element before reading it).
 template <class T, std::size_t N>
@@ -797,7 +841,12 @@ std::size_t chan_select(select_case* cs, std::size_t n, std::int64_t deadline_ns
     w.elem = cs[i].elem;
     (cs[i].send ? cs[i].c->sendq : cs[i].c->recvq).push_back(&w);
   }
-  const bool woken = rt::block(ws, deadline_ns, "select", {unlock_set, &ls});
+  select_hook hook{{select_detach, chans[0]}, cs, n, nodes.p, &ls};
+  bool woken;
+  {
+    rt::queued_scope qs(&hook);
+    woken = rt::block(ws, deadline_ns, "select", {unlock_set, &ls});
+  }
 
   // Take back whatever nodes are still queued (all but the winner's, unless a waker dropped
   // them already); after this no waker can reach them.

@@ -4,22 +4,53 @@
 // entry points, which are defined here too.
 //
 // Concurrency: a G is held by one owner at a time (g.hpp's set_status checks the hand-overs).
-// Its frame is shared by the running G and at most one handle (task, thread): `refs` counts
-// them, and the last to let go recycles it. Completion is published through join_state
-// (0 running, 1 done, else the joiner's wait_state), which goexit exchanges and a joiner CASes,
-// so exactly one of them wakes the joiner. A P's free list is owned by the P; the global list
-// of chains is under sched.gfree_lock.
+// Its memory and its frame are shared by the running G and at most one handle (task, thread).
+// `refs` counts two kinds of hold in one word (ref_stack, ref_frame below):
+//  - the frame's contents (the callable, a task's result): the G lets go when its body returns,
+//    the handle when it is joined or dropped. Whoever lets go last destroys them, in its own
+//    context: the G itself, on its own stack as its own user code, or the handle's owner. Never
+//    the scheduler's after-switch step, which runs under the identity of whatever G (or g0)
+//    comes next, where a destructor that parks would park the wrong G.
+//  - the G's memory (descriptor, stack, heap frame): the G lets go once it is off its stack
+//    (goexit_commit), the handle after its frame hold. The last one recycles the G.
+// Completion is published through join_state (0 running, 1 done, else the joiner's
+// wait_state), which goexit exchanges and a joiner CASes, so exactly one of them wakes the
+// joiner. A P's free list is owned by the P; the global list of chains is under
+// sched.gfree_lock.
+//
+// Handles and the runtime's lifetime. A G lives in its runtime's stack pool, which shutdown
+// unmaps, but a handle may outlive run(). So each handle keeps its G's id, which tells the
+// runtime that made the G: ids never repeat in a process and grow with time, so the Gs of the
+// running runtime are those whose id is at least its main G's (`live_from`, set by g_new_main
+// and cleared by g_shutdown). A handle reaches its G only while that runtime runs: from one of
+// its Gs, or from a plain thread that counted itself in sched.foreign for the duration of the
+// access (shutdown waits for those, as for spawning threads; a thread blocked in join is not
+// counted while it sleeps). At shutdown, once every M has exited, g_shutdown settles what the
+// handles still hold: a finished G's frame (a task's result) is destroyed there, on the thread
+// that called run(); an abandoned G's frame is not (its body never returned, and nothing of it
+// is unwound); a plain thread blocked joining an abandoned G is woken and told. After that a
+// handle of that runtime never touches its G again: dropping it does nothing, joining it
+// throws. g_shutdown also takes abandoned waiters off the queues of channels and sync objects
+// (g.hpp, abandon_hook).
 #include "g.hpp"
 
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <iterator>
 #include <new>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 #include "alloc.hpp"
 #include "proc.hpp"
+#include "san.hpp"
 #include "wait.hpp"
+
+#if GORT_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace gort::rt {
 
@@ -29,6 +60,20 @@ namespace {
 constexpr std::uint32_t gfree_max = 64;
 // G ids handed to a P at a time.
 constexpr std::uint64_t goid_batch = 16;
+
+// The two kinds of hold counted in g::refs (see the top of the file).
+constexpr int ref_stack = 1;
+constexpr int ref_frame = 1 << 8;
+constexpr int stack_refs(int r) noexcept { return r & (ref_frame - 1); }
+constexpr int frame_refs(int r) noexcept { return r / ref_frame; }
+
+// The id of the running runtime's main G (see the top of the file); the maximum while none runs.
+constexpr std::uint64_t no_runtime = ~std::uint64_t{0};
+std::atomic<std::uint64_t> live_from{no_runtime};
+bool live_id(std::uint64_t id) noexcept { return id >= live_from.load(std::memory_order_relaxed); }
+
+// ws.winner of a plain thread woken from join because shutdown abandoned the G it waited for.
+char shutdown_tag;
 
 // Free lists. A P keeps up to gfree_max dead Gs; past that, half of them move to the global
 // list as one chain, and a P that runs out takes one whole chain back. Moving chains, not Gs,
@@ -199,9 +244,21 @@ std::size_t scavenge_gs() noexcept {
 
 namespace {
 
+// The descriptor and the typed frame sit above the part of the stack a fiber runs on, and are
+// written before the fiber is set up (fiber::init unpoisons only the part below them). Under
+// ASan, shadow left there by earlier users of the same addresses (a previous G on this stack
+// with a smaller frame, whose top frames never returned and keep their redzones; a stack of
+// an earlier runtime mapped at the same place) would read as a stack overflow.
+void unpoison([[maybe_unused]] void* p, [[maybe_unused]] std::size_t n) noexcept {
+#if GORT_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(p, n);
+#endif
+}
+
 g* gcreate() {
   stack s = sched.stacks->get();  // std::bad_alloc on ENOMEM
   void* at = static_cast<char*>(s.top()) - g_reserve;
+  unpoison(at, g_reserve);
   g* gp = ::new (at) g;
   gp->stk = s;
   spin_guard l(sched.lock);
@@ -226,8 +283,8 @@ std::uint64_t new_goid(p* pp) {
   std::terminate();
 }
 
+// The frame's contents are gone (destroyed by the last frame holder): no user code runs here.
 void recycle(g* gp) {
-  if (gp->destroy) gp->destroy(gp->frame);
   if (gp->frame_on_heap) free_mem(gp->frame);
   gp->frame = nullptr;
   gp->frame_on_heap = false;
@@ -239,7 +296,18 @@ void recycle(g* gp) {
 
 void goexit_commit(fiber* f, void*) {
   g* gp = g_of(f);
-  if (gp->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) recycle(gp);
+  const int old = gp->refs.fetch_sub(ref_stack, std::memory_order_acq_rel);
+  GORT_ASSERT(stack_refs(old) >= 1 && frame_refs(old) <= 1, "G %llu: exit with holds %#x",
+              static_cast<unsigned long long>(gp->id), old);
+  if (old == ref_stack) recycle(gp);
+}
+
+// The G's hold on its frame ends when its body has returned, still on its own stack and as its
+// own user code (preemptible, may park). A detached G is the frame's only holder; a joinable
+// one destroys the frame only if its handle already let go.
+void body_done(g* gp) {
+  if (gp->joinable && frame_refs(gp->refs.fetch_sub(ref_frame, std::memory_order_acq_rel)) != 1) return;
+  if (gp->destroy) gp->destroy(gp->frame);
 }
 
 [[noreturn]] void goexit(g* gp) {
@@ -274,6 +342,7 @@ void g_entry(fiber*, void* arg) {
   } catch (...) {
     die_exception(gp, "an exception not derived from std::exception");
   }
+  body_done(gp);
   goexit(gp);
 }
 
@@ -282,7 +351,8 @@ void g_prepare(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destr
   gp->body = body;
   gp->destroy = destroy;
   gp->joinable = joinable;
-  gp->refs.store(joinable ? 2 : 1, std::memory_order_relaxed);
+  // A detached G's frame hold is implicit (body_done): only its memory hold is counted.
+  gp->refs.store(joinable ? 2 * (ref_stack + ref_frame) : ref_stack, std::memory_order_relaxed);
   gp->nopreempt.store(1, std::memory_order_relaxed);  // g_entry clears it
   gp->lockedm = nullptr;
   gp->locked = 0;
@@ -297,6 +367,7 @@ void g_prepare(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destr
 struct join_ctx {
   g* target;
   wait_state* ws;
+  bool foreign;  // a plain thread counted in sched.foreign: uncounted once published
 };
 
 // After the joiner is off its stack (or, for a thread, before it sleeps): publish its
@@ -308,12 +379,38 @@ void join_commit(fiber*, void* arg) {
   std::uintptr_t expect = 0;
   // After a successful CAS the joiner may be woken (and its stack reused) at any moment: touch
   // nothing of it afterwards.
+  const bool foreign = jc->foreign;  // jc lives on the joiner's stack: read before publishing
   if (!target->join_state.compare_exchange_strong(expect, reinterpret_cast<std::uintptr_t>(ws),
                                                   std::memory_order_acq_rel)) {
     claim(*ws);  // finished meanwhile: nobody else can claim it
     finish(*ws);
   }
+  // A thread sleeps uncounted: shutdown must not wait for a join that may never end (it wakes
+  // the thread instead if the G is abandoned: g_shutdown).
+  if (foreign) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
 }
+
+// Access to a handle's G (see the top of the file): `live` when the handle's runtime runs and
+// the caller may touch the G until the access ends. A plain thread is counted in sched.foreign
+// meanwhile; `pinned` says it still is.
+struct handle_access {
+  bool live = false;
+  bool pinned = false;
+  explicit handle_access(std::uint64_t id) noexcept {
+    if (getg()) {  // a G: its runtime runs, and only the handles of that runtime are live
+      live = live_id(id);
+      return;
+    }
+    sched.foreign.fetch_add(1, std::memory_order_seq_cst);
+    live = running(std::memory_order_seq_cst) && live_id(id);
+    if (live) pinned = true;
+    else sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  void unpin() noexcept {
+    if (pinned) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+    pinned = false;
+  }
+};
 
 }  // namespace
 
@@ -347,6 +444,7 @@ g* g_new(std::size_t size, std::size_t align, void** frame) {
   if (size <= sched.frame_budget) {
     gp->frame = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(lim) - size) & ~(std::uintptr_t{align} - 1));
     gp->frame_on_heap = false;
+    unpoison(gp->frame, static_cast<std::size_t>(lim - static_cast<char*>(gp->frame)));
   } else {
     try {
       gp->frame = alloc(size + 64);
@@ -390,21 +488,99 @@ void g_discard(g* gp) noexcept {
   if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
 }
 
-void g_join(g* target) {
-  if (target->join_state.load(std::memory_order_acquire) == 1) return;
+join_result g_join(g* target, bool foreign) {
+  if (target->join_state.load(std::memory_order_acquire) == 1) return join_result::done;
   wait_state ws;
-  join_ctx jc{target, &ws};
+  join_ctx jc{target, &ws, foreign};
   block(ws, 0, "join", {join_commit, &jc});
+  return ws.winner == &shutdown_tag ? join_result::abandoned : join_result::woken;
 }
 
+// A handle lets go: first of the frame (destroying it if the G is done with it: user code, so
+// outside any no-preemption bracket), then of the G's memory, which the G may still be leaving.
 void g_release(g* gp) noexcept {
-  if (gp->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) recycle(gp);
+  if (frame_refs(gp->refs.fetch_sub(ref_frame, std::memory_order_acq_rel)) == 1 && gp->destroy)
+    gp->destroy(gp->frame);
+  nopreempt_scope np;
+  if (gp->refs.fetch_sub(ref_stack, std::memory_order_acq_rel) == ref_stack) recycle(gp);
+}
+
+namespace {
+
+// Whether p lies on the stack of some G of this runtime (sorted [lo, top) ranges).
+bool on_a_stack(const std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& stacks, const void* p) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  auto it = std::upper_bound(stacks.begin(), stacks.end(), std::make_pair(a, ~std::uintptr_t{0}));
+  return it != stacks.begin() && a < std::prev(it)->second;
+}
+
+// Whether shutdown may touch the object an abandon_hook names: not one on a G's stack (it goes
+// with the stacks, and may be gone already, as a local of main_fn is) and, under ASan, not
+// one in freed memory: there a G's locals may live on a fake stack, outside its own, which is
+// poisoned once the frame returned.
+bool hook_object_alive(const std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& stacks,
+                       const void* p) noexcept {
+  if (on_a_stack(stacks, p)) return false;
+#if GORT_ASAN
+  if (__asan_address_is_poisoned(p)) return false;
+#endif
+  return true;
+}
+
+}  // namespace
+
+void g_shutdown() noexcept GORT_NO_TSA {
+  // Abandoned waiters leave the queues of objects that may outlive us (g.hpp, abandon_hook).
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> stacks;
+  try {
+    stacks.reserve(sched.allg.size());
+  } catch (...) {
+  }
+  for (g* gp : sched.allg)
+    if (stacks.size() < stacks.capacity())
+      stacks.emplace_back(reinterpret_cast<std::uintptr_t>(gp->stk.lo),
+                          reinterpret_cast<std::uintptr_t>(gp->stk.top()));
+  std::sort(stacks.begin(), stacks.end());
+  for (g* gp : sched.allg) {
+    abandon_hook* h = gp->queued_on;
+    if (!h || gp->status.load(std::memory_order_relaxed) == gstatus::idle) continue;
+    gp->queued_on = nullptr;
+    if (stacks.size() == sched.allg.size() && hook_object_alive(stacks, h->object)) h->detach(h);
+  }
+  for (g* gp : sched.allg) {
+    const gstatus st = gp->status.load(std::memory_order_relaxed);
+    if (st == gstatus::idle) continue;  // on a free list (frame gone) or never started
+    const int r = gp->refs.load(std::memory_order_relaxed);
+    if (st == gstatus::dead) {
+      // Finished and not recycled. Its handle still holds the frame (the G let go of it when
+      // its body returned): destroy it now, while its memory is there.
+      if (gp->joinable && frame_refs(r) == 1 && gp->destroy) gp->destroy(gp->frame);
+    } else if (gp->joinable) {
+      // Abandoned: a plain thread waiting to join it is woken and told (g_join). A G waiting
+      // to join it is abandoned too, its wait_state on its own stack.
+      const std::uintptr_t js = gp->join_state.load(std::memory_order_relaxed);
+      if (js > 1) {
+        auto* ws = reinterpret_cast<wait_state*>(js);
+        if (!ws->gp && claim(*ws)) {
+          ws->winner = &shutdown_tag;
+          finish(*ws);
+        }
+      }
+    }
+    // Nothing reads a heap frame any more: its handle's runtime is ending.
+    if (gp->frame_on_heap) free_mem(gp->frame);
+    gp->frame = nullptr;
+    gp->frame_on_heap = false;
+  }
+  live_from.store(no_runtime, std::memory_order_relaxed);
 }
 
 g* g_new_main(gort::detail::body_fn body, void* ctx) {
   g* mg = gcreate();
   mg->id = sched.goid_gen.fetch_add(1) + 1;
+  live_from.store(mg->id, std::memory_order_relaxed);  // published by the state's store (boot)
   mg->frame = reinterpret_cast<char*>(mg) - 64;
+  unpoison(mg->frame, 64);
   *static_cast<void**>(mg->frame) = ctx;
   mg->frame_on_heap = false;
   g_prepare(mg, body, nullptr, false);
@@ -420,13 +596,13 @@ namespace gort::detail {
 
 namespace {
 inline rt::g* as_g(gdesc* d) noexcept { return reinterpret_cast<rt::g*>(d); }
-inline const rt::g* as_g(const gdesc* d) noexcept { return reinterpret_cast<const rt::g*>(d); }
 }  // namespace
 
-gdesc* g_new(std::size_t size, std::size_t align, void** frame) {
+gdesc* g_new(std::size_t size, std::size_t align, void** frame, std::uint64_t* id) {
   rt::preempt_check();  // a loop that only spawns must still yield its slice
   rt::nopreempt_scope np;
   rt::g* gp = rt::g_new(size, align, frame);
+  *id = gp->id;
   rt::g* parent = rt::getg();
   gp->parent = parent ? parent->id : 0;
   // g_new is called from the launch template, which is inlined into the caller of go/spawn:
@@ -453,17 +629,33 @@ void g_discard(gdesc* g) noexcept {
   rt::g_discard(as_g(g));
 }
 
-void g_join(gdesc* g) {
-  rt::nopreempt_scope np;
-  rt::g_join(as_g(g));
+int g_join(gdesc* g, std::uint64_t id) {
+  rt::handle_access a(id);
+  if (!a.live) return 0;
+  rt::join_result r;
+  {
+    rt::nopreempt_scope np;
+    r = rt::g_join(as_g(g), a.pinned);
+  }
+  if (r == rt::join_result::abandoned) return 0;  // a plain thread, woken by shutdown
+  if (!a.pinned) return 1;                        // a G
+  if (r == rt::join_result::done) return 2;       // never slept: still counted
+  // Slept uncounted (join_commit): count again before the caller reads the frame.
+  rt::handle_access again(id);
+  return again.live ? 2 : 0;
 }
 
-void g_release(gdesc* g) noexcept {
-  rt::nopreempt_scope np;
+void g_release(gdesc* g, std::uint64_t id) noexcept {
+  rt::handle_access a(id);
+  if (!a.live) return;  // the runtime shut down: g_shutdown settled the G
   rt::g_release(as_g(g));
+  a.unpin();
 }
 
-std::uint64_t g_id(const gdesc* g) noexcept { return as_g(g)->id; }
+void g_release_joined(gdesc* g, int pin) noexcept {
+  rt::g_release(as_g(g));
+  if (pin == 2) rt::sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+}
 
 std::uint64_t current_g_id() noexcept {
   rt::g* gp = rt::getg();

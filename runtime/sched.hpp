@@ -51,6 +51,7 @@ namespace gort::rt {
 
 struct m;
 struct p;
+struct abandon_hook;  // g.hpp
 
 enum class gstatus : std::uint8_t {
   idle,      // on a free list, or reserved by g_new and not yet started
@@ -95,6 +96,9 @@ struct alignas(64) g {  // (the fiber must stay first: g_of)
 
   // Why it waits, for debugging and the deadlock report.
   const char* wait_reason = nullptr;
+  // The queue of a channel or sync object this G waits in (g.hpp, abandon_hook): set by the G
+  // around its park and cleared when it runs again, read by shutdown (g_shutdown).
+  abandon_hook* queued_on = nullptr;
 
   // Asynchronous preemption is held off while this is non-zero: the G is inside the runtime
   // (touching its P's queues, heaps or locks) or inside a gort::no_preempt region. Written

@@ -17,6 +17,7 @@
 #include <exception>
 #include <thread>
 
+#include "g.hpp"
 #include "sched.hpp"
 #include "proc.hpp"
 #include "wait.hpp"
@@ -38,8 +39,32 @@ struct wnode {
 // under the owner's qlock_.
 using wqueue = rt::waitq<wnode, rt::waitq_words<wnode>>;
 
-// Blocks on n (queued under ql, which the caller holds); ql is released once committed.
-bool park_on(wnode& n, std::atomic<std::uint32_t>& ql, std::int64_t deadline, const char* reason) {
+// The abandon_hook (g.hpp) of a G parked through park_on: shutdown takes its node off the
+// queue and then, still under the queue lock, lets `unlinked` undo what the wait meant to the
+// type's state word (a registered waiter count, a pending bit).
+struct park_hook : rt::abandon_hook {
+  std::atomic<std::uint32_t>* ql;
+  wqueue q;
+  wnode* n;
+  void (*unlinked)(park_hook*) noexcept;
+  void* state;
+};
+void park_detach(rt::abandon_hook* h) noexcept {
+  auto* ph = static_cast<park_hook*>(h);
+  rt::spin_lock(*ph->ql);
+  if (ph->n->queued) {
+    ph->q.unlink(ph->n);
+    if (ph->unlinked) ph->unlinked(ph);
+  }
+  rt::spin_unlock(*ph->ql);
+}
+
+// Blocks on n (queued on q under ql, which the caller holds, in the object at `obj`); ql is
+// released once committed.
+bool park_on(wnode& n, std::atomic<std::uint32_t>& ql, wqueue q, const void* obj, std::int64_t deadline,
+             const char* reason, void (*unlinked)(park_hook*) noexcept = nullptr, void* state = nullptr) {
+  park_hook h{{park_detach, obj}, &ql, q, &n, unlinked, state};
+  rt::queued_scope qs(&h);
   return rt::block(n.ws, deadline, reason, rt::unlocking(ql));
 }
 
@@ -115,6 +140,27 @@ std::uint32_t qlock_bit(std::atomic<std::uint32_t>& st) noexcept {
 void qunlock_commit(rt::fiber*, void* st) {
   static_cast<std::atomic<std::uint32_t>*>(st)->fetch_and(~m_qlock, std::memory_order_release);
 }
+
+// The abandon_hook of a G parked in lock (g.hpp). Shutdown takes its node off the queue; a G
+// that an unlock had already woken, but that never ran again, gives back the `woken` bit that
+// unlock set for it (else later unlocks would wait for its retry and wake nobody), and one that
+// was handed the lock (starvation mode) keeps it: the mutex stays locked, by an abandoned G,
+// until someone unlocks it.
+struct mutex_hook : rt::abandon_hook {
+  std::atomic<std::uint32_t>* st;
+  wnode* n;
+  wqueue q;
+};
+void mutex_detach(rt::abandon_hook* h) noexcept {
+  auto* mh = static_cast<mutex_hook*>(h);
+  qlock_bit(*mh->st);
+  std::uint32_t clear = m_qlock;
+  if (mh->n->queued) mh->q.unlink(mh->n);
+  else if (mh->n->ws.v.load(std::memory_order_acquire) == rt::wait_state::done && mh->n->ws.winner != &handoff_tag)
+    clear |= m_woken;
+  if (mh->q.empty()) clear |= m_waiters | m_starving;
+  mh->st->fetch_and(~clear, std::memory_order_release);
+}
 }  // namespace
 
 bool mutex::lock_slow(std::int64_t deadline) {
@@ -170,7 +216,13 @@ bool mutex::lock_slow(std::int64_t deadline) {
     if (wait_start) q.push_front(&n);
     else q.push_back(&n);
     if (!wait_start) wait_start = rt::nanotime();
-    if (!rt::block(n.ws, deadline, "mutex", {qunlock_commit, &state_})) {
+    bool woken;
+    {
+      mutex_hook h{{mutex_detach, this}, &state_, &n, {{head_, tail_}}};
+      rt::queued_scope qs(&h);
+      woken = rt::block(n.ws, deadline, "mutex", {qunlock_commit, &state_});
+    }
+    if (!woken) {
       qlock_bit(state_);
       std::uint32_t clear = m_qlock;
       if (n.queued) {
@@ -276,6 +328,11 @@ void rw_grant(std::atomic<std::uint64_t>& st, wqueue& q, rt::wake_chain<wnode>& 
 }  // namespace
 
 namespace {
+// An abandoned waiter left the queue (park_detach): with nobody queued, nobody is pending.
+void rw_unlinked(park_hook* h) noexcept {
+  if (h->q.empty()) static_cast<std::atomic<std::uint64_t>*>(h->state)->fetch_and(~rw_pending, std::memory_order_relaxed);
+}
+
 // The slow path of both lock kinds. A writer needs the lock free, a reader only no writer; and
 // either waits if anyone is queued (FIFO, so a writer never starves behind a stream of
 // readers). Queued with `pending` set, it is let in by rw_grant.
@@ -306,7 +363,7 @@ bool rw_lock_slow(std::atomic<std::uint64_t>& st, wqueue q, std::atomic<std::uin
   wnode n;
   n.writer = writer;
   q.push_back(&n);
-  if (park_on(n, ql, deadline, "rwmutex")) return true;  // granted: rw_grant added us to state
+  if (park_on(n, ql, q, &st, deadline, "rwmutex", rw_unlinked, &st)) return true;  // granted: rw_grant added us to state
   rt::wake_chain<wnode> woken;
   {
     qguard g(ql);
@@ -394,7 +451,7 @@ bool condition_variable::wait_impl(std::unique_lock<mutex>& lk, std::int64_t dea
     }
     rt::spin_lock(qlock_);
     if (n.ws.v.load(std::memory_order_acquire) == rt::wait_state::pending) {
-      woke = park_on(n, qlock_, deadline, "condition_variable");
+      woke = park_on(n, qlock_, q, this, deadline, "condition_variable");
       if (!woke) {
         qguard g(qlock_);
         if (n.queued) q.unlink(&n);
@@ -441,6 +498,10 @@ void condition_variable::notify_all() noexcept {
 
 namespace {
 constexpr std::uint64_t sem_waiter = std::uint64_t{1} << 32;
+// An abandoned waiter left the queue (park_detach): it is no longer counted.
+void sem_unlinked(park_hook* h) noexcept {
+  static_cast<std::atomic<std::uint64_t>*>(h->state)->fetch_sub(sem_waiter, std::memory_order_relaxed);
+}
 }
 
 bool semaphore::acquire_slow(std::int64_t deadline) {
@@ -465,7 +526,7 @@ bool semaphore::acquire_slow(std::int64_t deadline) {
   }
   wnode n;
   q.push_back(&n);
-  if (park_on(n, qlock_, deadline, "semaphore")) return true;  // a unit was handed to us
+  if (park_on(n, qlock_, q, this, deadline, "semaphore", sem_unlinked, &state_)) return true;  // a unit was handed to us
   qguard g(qlock_);
   if (n.queued) {
     q.unlink(&n);
@@ -542,7 +603,7 @@ bool once_flag::begin() {
     }
     wnode n;
     q.push_back(&n);
-    park_on(n, qlock_, 0, "once");
+    park_on(n, qlock_, q, this, 0, "once");
   }
 }
 
@@ -567,6 +628,13 @@ void once_flag::finish(bool ok) noexcept {
 // subtracts w, its last touch of the latch, before waking them. A wait() that finds count 0
 // with waiters still registered spins until they are subtracted, so it cannot return (and let
 // its caller destroy the latch) while that count_down still uses it.
+
+namespace {
+// An abandoned waiter left the queue (park_detach): it is no longer registered.
+void latch_unlinked(park_hook* h) noexcept {
+  static_cast<std::atomic<std::uint64_t>*>(h->state)->fetch_sub(1, std::memory_order_release);
+}
+}  // namespace
 
 void latch::count_down(std::ptrdiff_t n) {
   if (n < 0 || n > max()) throw std::invalid_argument("gort::latch::count_down: update out of range [0, max()]");
@@ -607,7 +675,7 @@ void latch::wait() const {
       if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
         wnode n;
         q.push_back(&n);
-        park_on(n, qlock_, 0, "latch");
+        park_on(n, qlock_, q, this, 0, "latch", latch_unlinked, &state_);
         return;
       }
     }
@@ -688,7 +756,7 @@ void barrier_core::wait(std::uint64_t phase) const {
   }
   wnode n;
   q.push_back(&n);
-  park_on(n, qlock_, 0, "barrier");
+  park_on(n, qlock_, q, this, 0, "barrier");
 }
 
 }  // namespace detail

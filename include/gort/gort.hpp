@@ -43,22 +43,31 @@ struct gdesc;  // a G; the runtime's business
 
 // The typed part of a G lives at the top of its stack (no allocation): the header below puts
 // the callable there, the runtime calls `body` on it once, and `destroy` when the last holder
-// (the G itself, a task or a thread handle) lets go.
+// (the G itself once its body returned, a task or a thread handle) lets go, in that holder's
+// own context: on the G, or on the thread or G that joins or drops the handle.
 using body_fn = void (*)(void* frame);
 using destroy_fn = void (*)(void* frame) noexcept;
 
-// Reserves a G with `size` bytes of frame storage (alignment <= 64) and returns the storage.
-// Throws std::logic_error when no runtime is running, std::bad_alloc when out of memory.
-GORT_API gdesc* g_new(std::size_t size, std::size_t align, void** frame);
+// Reserves a G with `size` bytes of frame storage (alignment <= 64) and returns the storage,
+// and the G's id in *id. Throws std::logic_error when no runtime is running, std::bad_alloc
+// when out of memory.
+GORT_API gdesc* g_new(std::size_t size, std::size_t align, void** frame, std::uint64_t* id);
 // Makes a reserved G runnable. A joinable G keeps its frame after finishing until g_release.
 GORT_API void g_start(gdesc* g, body_fn body, destroy_fn destroy, bool joinable) noexcept;
 // Gives back a reserved G whose frame could not be constructed.
 GORT_API void g_discard(gdesc* g) noexcept;
-// Blocks (parks the calling G, or blocks the calling OS thread) until g has finished.
-GORT_API void g_join(gdesc* g);
-// Drops a handle's hold on a joinable G.
-GORT_API void g_release(gdesc* g) noexcept;
-GORT_API std::uint64_t g_id(const gdesc* g) noexcept;
+// Handles keep their G's id with the G: it tells whether the runtime that made the G still
+// runs. After that runtime shut down a handle never touches its G (docs/api.md, "Handles and
+// the runtime's lifetime").
+//
+// Blocks (parks the calling G, or blocks the calling OS thread) until g (id `id`) has finished.
+// Returns 0 if g's runtime shut down (before or during the wait): the handle is inert. Else a
+// token for g_release_joined; until then the G's frame may be read.
+[[nodiscard]] GORT_API int g_join(gdesc* g, std::uint64_t id);
+// Drops the hold of a handle that g_join returned `token` for.
+GORT_API void g_release_joined(gdesc* g, int token) noexcept;
+// Drops a handle's hold on a joinable G. Does nothing once g's runtime has shut down.
+GORT_API void g_release(gdesc* g, std::uint64_t id) noexcept;
 GORT_API std::uint64_t current_g_id() noexcept;  // 0 outside a G
 
 // Boots a runtime, runs body(frame) as the main G, waits for it, shuts the runtime down.
@@ -151,9 +160,9 @@ struct task_frame {
 
 // Reserves a G, constructs Frame in its storage, starts it.
 template <class Frame, class F, class... A>
-gdesc* launch(bool joinable, Frame** out, F&& f, A&&... args) {
+gdesc* launch(bool joinable, Frame** out, std::uint64_t* id, F&& f, A&&... args) {
   void* mem = nullptr;
-  gdesc* g = g_new(sizeof(Frame), alignof(Frame), &mem);
+  gdesc* g = g_new(sizeof(Frame), alignof(Frame), &mem, id);
   Frame* fr;
   try {
     fr = ::new (mem) Frame{};
@@ -207,51 +216,64 @@ decltype(auto) run(F&& main_fn) {
 // throws std::logic_error.
 template <class F, class... A>
 void go(F&& f, A&&... args) {
+  std::uint64_t id;
   detail::gdesc* g = detail::launch<detail::detached_frame<F, A...>>(
-      false, nullptr, std::forward<F>(f), std::forward<A>(args)...);
+      false, nullptr, &id, std::forward<F>(f), std::forward<A>(args)...);
   (void)g;
 }
 
 // The handle of a G started by spawn: join() waits for it and returns its result or rethrows
-// its exception. Destroying an unjoined task detaches the G (its result is discarded).
+// its exception. Destroying an unjoined task detaches the G: its result is destroyed when the G
+// finishes, on the G. A task may outlive run(): see docs/api.md, "Handles and the runtime's
+// lifetime".
 template <class R>
 class task {
  public:
   task() = default;
-  task(task&& o) noexcept : g_(std::exchange(o.g_, nullptr)), out_(o.out_) {}
+  task(task&& o) noexcept : g_(std::exchange(o.g_, nullptr)), out_(o.out_), id_(o.id_) {}
   task& operator=(task&& o) noexcept {
     if (this != &o) {
       reset();
       g_ = std::exchange(o.g_, nullptr);
       out_ = o.out_;
+      id_ = o.id_;
     }
     return *this;
   }
   ~task() { reset(); }
 
   // Waits for the G; returns its result or rethrows its exception. Once only: a second join
-  // (or join on an empty task) throws std::logic_error.
+  // (or join on an empty task) throws std::logic_error, and so does a join once the runtime
+  // that ran the G has shut down (the task is then empty).
   R join() {
     if (!g_) throw std::logic_error("gort::task::join: task has no G (empty, moved-from, or already joined)");
-    detail::g_join(g_);
+    const int token = detail::g_join(g_, id_);
+    if (!token) {
+      g_ = nullptr;
+      throw std::logic_error(
+          "gort::task::join: the runtime that ran this task has shut down (its result, if any, "
+          "was destroyed then)");
+    }
     struct release {
       detail::gdesc*& g;
-      ~release() { detail::g_release(std::exchange(g, nullptr)); }
-    } r{g_};
+      int token;
+      ~release() { detail::g_release_joined(std::exchange(g, nullptr), token); }
+    } r{g_, token};
     return out_->take();
   }
   bool valid() const noexcept { return g_ != nullptr; }
-  std::uint64_t id() const noexcept { return g_ ? detail::g_id(g_) : 0; }
+  std::uint64_t id() const noexcept { return g_ ? id_ : 0; }
 
  private:
   template <class F, class... A>
   friend auto spawn(F&& f, A&&... args);
-  task(detail::gdesc* g, detail::outcome<R>* out) : g_(g), out_(out) {}
+  task(detail::gdesc* g, detail::outcome<R>* out, std::uint64_t id) : g_(g), out_(out), id_(id) {}
   void reset() noexcept {
-    if (g_) detail::g_release(std::exchange(g_, nullptr));
+    if (g_) detail::g_release(std::exchange(g_, nullptr), id_);
   }
   detail::gdesc* g_ = nullptr;
   detail::outcome<R>* out_ = nullptr;
+  std::uint64_t id_ = 0;  // the G's, which also names its runtime (g_release, g_join)
 };
 
 // Starts a G running f(args...) and returns a task<R> to join it. Same rules as go().
@@ -259,8 +281,9 @@ template <class F, class... A>
 auto spawn(F&& f, A&&... args) {
   using frame = detail::task_frame<F, A...>;
   frame* fr = nullptr;
-  detail::gdesc* g = detail::launch<frame>(true, &fr, std::forward<F>(f), std::forward<A>(args)...);
-  return task<typename frame::R>(g, &fr->out);
+  std::uint64_t id;
+  detail::gdesc* g = detail::launch<frame>(true, &fr, &id, std::forward<F>(f), std::forward<A>(args)...);
+  return task<typename frame::R>(g, &fr->out, id);
 }
 
 // A drop-in for std::thread whose body runs as a G. join() parks a calling G (or blocks a
@@ -283,13 +306,15 @@ class thread {
   thread() noexcept = default;
   template <class F, class... A,
             class = std::enable_if_t<!std::is_same_v<std::remove_cvref_t<F>, thread>>>
-  explicit thread(F&& f, A&&... args)
-      : g_(detail::launch<detail::detached_frame<F, A...>>(true, nullptr, std::forward<F>(f),
-                                                           std::forward<A>(args)...)) {}
-  thread(thread&& o) noexcept : g_(std::exchange(o.g_, nullptr)) {}
+  explicit thread(F&& f, A&&... args) {
+    g_ = detail::launch<detail::detached_frame<F, A...>>(true, nullptr, &id_, std::forward<F>(f),
+                                                         std::forward<A>(args)...);
+  }
+  thread(thread&& o) noexcept : g_(std::exchange(o.g_, nullptr)), id_(o.id_) {}
   thread& operator=(thread&& o) noexcept {
     if (joinable()) std::terminate();
     g_ = std::exchange(o.g_, nullptr);
+    id_ = o.id_;
     return *this;
   }
   thread(const thread&) = delete;
@@ -299,27 +324,34 @@ class thread {
   }
 
   bool joinable() const noexcept { return g_ != nullptr; }
-  id get_id() const noexcept { return g_ ? id(detail::g_id(g_)) : id(); }
+  id get_id() const noexcept { return g_ ? id(id_) : id(); }
   // std::system_error(invalid_argument) if not joinable, (resource_deadlock_would_occur) if
-  // the calling G is this thread.
+  // the calling G is this thread, (no_such_process) if the runtime that ran it has shut down
+  // (the thread is then no longer joinable).
   void join();
   void detach();
-  void swap(thread& o) noexcept { std::swap(g_, o.g_); }
+  void swap(thread& o) noexcept {
+    std::swap(g_, o.g_);
+    std::swap(id_, o.id_);
+  }
   static unsigned hardware_concurrency() noexcept { return std::thread::hardware_concurrency(); }
 
  private:
   GORT_API void check_joinable(const char* what) const;
+  [[noreturn]] GORT_API void runtime_gone(const char* what);
   detail::gdesc* g_ = nullptr;
+  std::uint64_t id_ = 0;  // the G's, which also names its runtime (g_release, g_join)
 };
 
 inline void thread::join() {
   check_joinable("gort::thread::join");
-  detail::g_join(g_);
-  detail::g_release(std::exchange(g_, nullptr));
+  const int token = detail::g_join(g_, id_);
+  if (!token) runtime_gone("gort::thread::join");
+  detail::g_release_joined(std::exchange(g_, nullptr), token);
 }
 inline void thread::detach() {
   check_joinable("gort::thread::detach");
-  detail::g_release(std::exchange(g_, nullptr));
+  detail::g_release(std::exchange(g_, nullptr), id_);
 }
 inline void swap(thread& a, thread& b) noexcept { a.swap(b); }
 
