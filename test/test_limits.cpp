@@ -1,13 +1,17 @@
-// The runtime at its limits: stack overflow in a real G, running out of address space while
-// spawning, bad configuration.
+// The runtime at its limits: stack overflow in a real G (deep recursion, and one frame larger
+// than the guard), running out of address space while spawning, bad configuration.
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
+#include <alloca.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <climits>
+#include <cstdio>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -36,7 +40,84 @@ volatile int never = INT_MAX;
   return deep(depth + 1) + pad[64];
 }
 
+// Uses the bottom of a buffer, as snprintf into a big local buffer would.
+[[gnu::noinline]] int use_low_end(char* p) {
+  for (std::size_t i = 0; i < 256; ++i) static_cast<volatile char*>(p)[i] = static_cast<char>(i);
+  return static_cast<volatile char*>(p)[255];
+}
+
+template <std::size_t N>
+[[gnu::noinline]] int big_array() {
+  std::array<char, N> a;
+  return use_low_end(a.data());
+}
+
+[[gnu::noinline]] int big_alloca(std::size_t n) {
+  return use_low_end(static_cast<char*>(alloca(n)));
+}
+
+// Takes the G's stack down to about `keep` bytes above lo, then calls a frame of `bytes`: deep
+// in the G, where the frame's low end lies below the 64 KiB guard.
+[[gnu::noinline]] int deep_big_frame(char* lo, std::size_t keep, std::size_t bytes, bool array) {
+  char* sp = static_cast<char*>(__builtin_frame_address(0));
+  char* burnt = static_cast<char*>(alloca(static_cast<std::size_t>(sp - lo) - keep));
+  asm volatile("" : : "r"(burnt) : "memory");
+  if (!array) return big_alloca(bytes);
+  return bytes == 100 * 1024 ? big_array<100 * 1024>() : big_array<1024 * 1024>();
+}
+
 }  // namespace
+
+TEST_CASE("a G whose frame is larger than the guard dies with the gort diagnostic naming it",
+          "[limits]") {
+  // Built with -fstack-clash-protection (meson.build), the frame's pages are touched as it is
+  // allocated and the first touch past the stack is in the G's guard. Without it the frame's
+  // low end lands in the stack below, and use_low_end writes there unnoticed ("survived").
+  constexpr std::size_t stack_size = 1024 * 1024;
+  for (bool array : {true, false}) {
+    for (std::size_t bytes : {std::size_t{100 * 1024}, std::size_t{1024 * 1024}}) {
+      CAPTURE(array, bytes);
+      child_result r = run_in_child([array, bytes] {
+        gort::run(gort::config{.procs = 2, .stack_size = stack_size}, [array, bytes] {
+          // Neighbours: Gs whose stacks stay in use around the victim's.
+          gort::wait_group release, started, finished;
+          release.add(1);
+          for (int i = 0; i < 8; ++i) {
+            started.add(1);
+            finished.add(1);
+            gort::go([&] {
+              started.done();
+              release.wait();
+              finished.done();
+            });
+          }
+          started.wait();
+          auto t = gort::spawn([array, bytes] {
+            std::printf("victim %llu\n", static_cast<unsigned long long>(gort::detail::current_g_id()));
+            std::fflush(stdout);
+            // This frame is within a few KiB of the stack's top (the G's own record and the
+            // start-up frames lie above it), so the stack's lowest byte is about stack_size
+            // below it; 24 KiB left keeps at least 16 KiB whatever those few KiB are.
+            char* lo = static_cast<char*>(__builtin_frame_address(0)) - stack_size;
+            return deep_big_frame(lo, 24 * 1024, bytes, array);
+          });
+          const int v = t.join();
+          std::printf("survived (%d)\n", v);
+          std::fflush(stdout);
+          release.done();
+          finished.wait();
+        });
+      });
+      CAPTURE(r.out);
+      CHECK(r.died_by(SIGABRT));
+      CHECK(r.out.find("survived") == std::string::npos);
+      auto at = r.out.find("victim ");
+      REQUIRE(at != std::string::npos);
+      std::string id = r.out.substr(at + 7, r.out.find('\n', at) - at - 7);
+      CHECK_THAT(r.out, ContainsSubstring("gort: stack overflow in G " + id + " (stack 1048576 bytes)"));
+    }
+  }
+}
 
 TEST_CASE("a G that overflows its stack dies with the gort diagnostic naming it", "[limits]") {
   for (const char* guard : {"madvise", "mprotect"}) {
