@@ -11,6 +11,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <system_error>
@@ -101,6 +102,25 @@ namespace {
 
 void mstart(m* mp);
 
+// The OS refusing threads (RLIMIT_NPROC, kernel.threads-max, memory) is reported once per
+// episode, which runs from a failed thread creation to the next successful one. Every hand-off
+// that needs a new M tries again meanwhile (sysmon hands a P on every few ticks while Gs sit in
+// blocking calls), thousands of times in a run, and each failure would say the same thing.
+// Process-wide, like the limits that cause it.
+std::atomic<bool> refusing{false};
+
+void threads_refused(const std::system_error& e, std::size_t have) {
+  if (refusing.exchange(true, std::memory_order_relaxed)) return;
+  std::fprintf(stderr,
+               "gort: warning: the OS refused a new thread (%s); gort keeps running on the %zu "
+               "threads (Ms) it has and warns again only after a thread has been created\n",
+               e.code().message().c_str(), have);
+}
+
+void thread_created() noexcept {
+  if (refusing.load(std::memory_order_relaxed)) refusing.store(false, std::memory_order_relaxed);
+}
+
 [[noreturn]] void die_threads() {
   GORT_THROW("the program needs more than config.max_threads = %u OS threads (Ms in blocking "
              "calls, locked to Gs or held for preemption); raise max_threads or block less",
@@ -130,17 +150,38 @@ m* newm(p* pp, spin spinning) {
   try {
     mp->thr = std::thread(mstart, mp);
   } catch (const std::system_error& e) {
-    // No thread: undo, give the P back. The work stays queued for the Ms that exist.
-    std::fprintf(stderr, "gort: warning: cannot start an M thread: %s\n", e.what());
+    // No thread: undo and give the P back. An idle P holds no Gs (pidleput), so its queue goes
+    // to the global queue, where the Ms that exist find it when they next look for work.
+    // Nobody else holds the P's run queue now: it was on its way to the M that never started.
     sched.nmrunning.fetch_sub(1);
-    spin_guard l(sched.lock);
-    // Not pop_back: another M may have been pushed since this one.
-    sched.ms.erase(std::find(sched.ms.begin(), sched.ms.end(), mp));
-    if (pp) pidleput(pp);
-    if (spinning == spin::yes && sched.nmspinning.fetch_sub(1) == 0) GORT_THROW("nmspinning went negative");
+    bool moved = false;
+    if (pp) {
+      while (g* gp = pp->q.owner().get_oldest()) {
+        globrunqput(gp);
+        moved = true;
+      }
+      if (g* gp = pp->q.owner().get()) {  // runnext
+        globrunqput(gp);
+        moved = true;
+      }
+    }
+    std::size_t have;
+    {
+      spin_guard l(sched.lock);
+      // Not pop_back: another M may have been pushed since this one.
+      sched.ms.erase(std::find(sched.ms.begin(), sched.ms.end(), mp));
+      have = sched.ms.size();
+      if (pp) pidleput(pp);
+      if (spinning == spin::yes && sched.nmspinning.fetch_sub(1) == 0) GORT_THROW("nmspinning went negative");
+    }
     delete mp;
+    threads_refused(e, have);
+    // An M that went idle meanwhile may have looked at the global queue before these Gs came.
+    // (The nested newm, if any, finds its P's queue empty and does not come back here.)
+    if (moved) wakep();
     return nullptr;
   }
+  thread_created();
   return mp;
 }
 

@@ -1,20 +1,26 @@
 // The runtime at its limits: stack overflow in a real G (deep recursion, and one frame larger
-// than the guard), running out of address space while spawning, bad configuration.
+// than the guard), running out of address space while spawning, the OS refusing threads, bad
+// configuration.
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <alloca.h>
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cstdio>
+#include <cstring>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gort/gort.hpp>
@@ -64,6 +70,18 @@ template <std::size_t N>
   asm volatile("" : : "r"(burnt) : "memory");
   if (!array) return big_alloca(bytes);
   return bytes == 100 * 1024 ? big_array<100 * 1024>() : big_array<1024 * 1024>();
+}
+
+// This process's threads (under qemu-user, the emulator's too).
+long thread_count() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long n = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "Threads: %ld", &n) == 1) break;
+  std::fclose(f);
+  return n;
 }
 
 }  // namespace
@@ -209,6 +227,102 @@ TEST_CASE("running out of address space makes go() throw bad_alloc and the runti
   if (r.exited(77)) SKIP("RLIMIT_AS is not enforced here (qemu-user)");
   CHECK(r.exited(0));
   CHECK_THAT(r.out, ContainsSubstring("before bad_alloc"));
+}
+
+TEST_CASE("when the OS refuses threads, gort warns once per episode and finishes the work",
+          "[limits]") {
+  using namespace std::chrono_literals;
+  static const std::string warning = "gort: warning: the OS refused a new thread";
+  child_result r = run_in_child([] {
+    // RLIMIT_NPROC does not apply to root. As root, become a user that owns no other task (a
+    // uid made from our pid), so the limit counts this process's threads and nobody else's.
+    if (geteuid() == 0) {
+      if (setuid(static_cast<uid_t>(2'000'000'000u + static_cast<unsigned>(getpid()))) != 0) _exit(76);
+      prctl(PR_SET_DUMPABLE, 1);  // keep /proc/self readable as before the change of user
+    }
+    rlimit orig{};
+    if (getrlimit(RLIMIT_NPROC, &orig) != 0) _exit(10);
+    int code = 0;
+    try {
+      code = gort::run(gort::config{.procs = 1}, [&orig] {
+        // gort::run starts its spare M and sysmon after the main G is already running, and a
+        // limit lowered before that would refuse them (and run would throw). With one P, the G
+        // spawned here runs only once sysmon has handed the P on from the blocking call below,
+        // so when the call returns, every thread of the start-up exists.
+        std::atomic<bool> handed_on{false};
+        gort::go([&handed_on] {
+          handed_on = true;
+          handed_on.notify_one();
+        });
+        gort::blocking([&handed_on] { handed_on.wait(false); });
+        long expected = 0;
+        std::atomic<long> done{0};
+        // More Gs in long blocking calls than the process has threads: every M ends up inside a
+        // call, and sysmon's hand-offs of their Ps need new Ms. (The sleep is the blocking call
+        // itself, not a wait for something.)
+        auto workload = [&] {
+          const long n = 2 * thread_count() + 16;
+          gort::wait_group wg;
+          for (long i = 0; i < n; ++i) {
+            wg.add(1);
+            gort::go([&] {
+              gort::blocking([] { std::this_thread::sleep_for(50ms); });
+              done++;
+              wg.done();
+            });
+          }
+          wg.wait();
+          expected += n;
+        };
+        auto limit = [&orig](rlim_t cur) {
+          rlimit l = orig;
+          l.rlim_cur = cur;
+          return setrlimit(RLIMIT_NPROC, &l) == 0;
+        };
+        // Episode 1: no thread can be created.
+        if (!limit(0)) return 11;
+        pthread_t t;
+        if (const int e = pthread_create(&t, nullptr, [](void*) -> void* { return nullptr; }, nullptr)) {
+          std::printf("refused: %s\n", std::strerror(e));  // what the warning should name
+        } else {
+          pthread_join(t, nullptr);
+          return 77;
+        }
+        workload();
+        // Threads again: the first one created ends the episode.
+        if (!limit(orig.rlim_cur)) return 12;
+        workload();
+        // Episode 2.
+        if (!limit(0)) return 13;
+        workload();
+        if (!limit(orig.rlim_cur)) return 14;
+        std::printf("completed %ld of %ld\n", done.load(), expected);
+        return done.load() == expected ? 0 : 15;
+      });
+    } catch (const std::exception& e) {
+      std::printf("exception: %s\n", e.what());
+      code = 16;
+    }
+    std::fflush(stdout);
+    _exit(code);
+  });
+  CAPTURE(r.status, r.out);
+  if (r.exited(76)) SKIP("cannot leave root for an unused uid here");
+  if (r.exited(77)) SKIP("RLIMIT_NPROC is not enforced here (CAP_SYS_RESOURCE?)");
+  CHECK(r.exited(0));
+  CHECK_THAT(r.out, ContainsSubstring("completed"));
+  std::vector<std::string> lines;
+  for (std::size_t pos = 0; (pos = r.out.find(warning, pos)) != std::string::npos; pos += warning.size())
+    lines.push_back(r.out.substr(pos, r.out.find('\n', pos) - pos));
+  REQUIRE(lines.size() == 2);
+  // The cause as pthread_create gave it (EAGAIN natively; qemu-user reports EPERM).
+  const auto at = r.out.find("refused: ");
+  REQUIRE(at != std::string::npos);
+  const std::string cause = r.out.substr(at + 9, r.out.find('\n', at) - at - 9);
+  for (const auto& l : lines) {
+    CHECK_THAT(l, ContainsSubstring("(" + cause + ")"));
+    CHECK_THAT(l, ContainsSubstring("gort keeps running on the"));
+  }
 }
 
 TEST_CASE("bad stack sizes are rejected with the value and the minimum", "[limits]") {
