@@ -106,11 +106,10 @@ void mstart(m* mp);
 // episode, which runs from a failed thread creation to the next successful one. Every hand-off
 // that needs a new M tries again meanwhile (sysmon hands a P on every few ticks while Gs sit in
 // blocking calls), thousands of times in a run, and each failure would say the same thing.
-// Process-wide, like the limits that cause it.
+// Process-wide, like the limits that cause it. Set under sched.lock (stopm reads it there).
 std::atomic<bool> refusing{false};
 
 void threads_refused(const std::system_error& e, std::size_t have) {
-  if (refusing.exchange(true, std::memory_order_relaxed)) return;
   std::fprintf(stderr,
                "gort: warning: the OS refused a new thread (%s); gort keeps running on the %zu "
                "threads (Ms) it has and warns again only after a thread has been created\n",
@@ -166,19 +165,24 @@ m* newm(p* pp, spin spinning) {
       }
     }
     std::size_t have;
+    bool first;
+    m* idle = nullptr;
     {
       spin_guard l(sched.lock);
       // Not pop_back: another M may have been pushed since this one.
       sched.ms.erase(std::find(sched.ms.begin(), sched.ms.end(), mp));
       have = sched.ms.size();
-      if (pp) pidleput(pp);
+      first = !refusing.exchange(true, std::memory_order_relaxed);
+      // An M that went idle since the caller looked (startm's mget) takes the P and the work
+      // instead: it may have checked the global queue before these Gs arrived (stopm).
+      if (pp && (moved || sched.nglobal.load(std::memory_order_relaxed) != 0)) idle = mget();
+      if (idle) idle->nextp_store(pp);
+      else if (pp) pidleput(pp);
       if (spinning == spin::yes && sched.nmspinning.fetch_sub(1) == 0) GORT_THROW("nmspinning went negative");
     }
     delete mp;
-    threads_refused(e, have);
-    // An M that went idle meanwhile may have looked at the global queue before these Gs came.
-    // (The nested newm, if any, finds its P's queue empty and does not come back here.)
-    if (moved) wakep();
+    if (idle) idle->park.wakeup();
+    if (first) threads_refused(e, have);
     return nullptr;
   }
   thread_created();
@@ -235,9 +239,20 @@ p* await_p(m* mp) noexcept {
 }
 
 bool stopm(m* mp) {
+  p* got = nullptr;
   {
     spin_guard l(sched.lock);
-    mput(mp);
+    // While the OS refuses threads, the wake-up meant for queued work may have found no idle M
+    // and failed to create one (newm), leaving the work and an idle P behind: this M takes them.
+    // The check and newm's failure path both run under sched.lock, so one of them sees the
+    // other. Otherwise the wake-up's new M runs the work.
+    if (refusing.load(std::memory_order_relaxed) && sched.nglobal.load(std::memory_order_relaxed) != 0)
+      got = pidleget();
+    if (!got) mput(mp);
+  }
+  if (got) {
+    acquirep(mp, got);
+    return true;
   }
   p* pp = await_p(mp);
   if (pp) acquirep(mp, pp);

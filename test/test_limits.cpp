@@ -315,7 +315,7 @@ TEST_CASE("when the OS refuses threads, gort warns once per episode and finishes
   for (std::size_t pos = 0; (pos = r.out.find(warning, pos)) != std::string::npos; pos += warning.size())
     lines.push_back(r.out.substr(pos, r.out.find('\n', pos) - pos));
   REQUIRE(lines.size() == 2);
-  // The cause as pthread_create gave it (EAGAIN natively; qemu-user reports EPERM).
+  // The cause as pthread_create gave it (EAGAIN).
   const auto at = r.out.find("refused: ");
   REQUIRE(at != std::string::npos);
   const std::string cause = r.out.substr(at + 9, r.out.find('\n', at) - at - 9);
