@@ -11,6 +11,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <system_error>
@@ -102,6 +103,24 @@ namespace {
 
 void mstart(m* mp);
 
+// The OS refusing threads (RLIMIT_NPROC, kernel.threads-max, memory) is reported once per
+// episode, which runs from a failed thread creation to the next successful one. Every hand-off
+// that needs a new M tries again meanwhile (sysmon hands a P on every few ticks while Gs sit in
+// blocking calls), thousands of times in a run, and each failure would say the same thing.
+// Process-wide, like the limits that cause it. Set under sched.lock (stopm reads it there).
+std::atomic<bool> refusing{false};
+
+void threads_refused(const std::system_error& e, std::size_t have) {
+  std::fprintf(stderr,
+               "gort: warning: the OS refused a new thread (%s); gort keeps running on the %zu "
+               "threads (Ms) it has and warns again only after a thread has been created\n",
+               e.code().message().c_str(), have);
+}
+
+void thread_created() noexcept {
+  if (refusing.load(std::memory_order_relaxed)) refusing.store(false, std::memory_order_relaxed);
+}
+
 [[noreturn]] void die_threads() {
   GORT_THROW("the program needs more than config.max_threads = %u OS threads (Ms in blocking "
              "calls, locked to Gs or held for preemption); raise max_threads or block less",
@@ -131,17 +150,43 @@ m* newm(p* pp, spin spinning) {
   try {
     mp->thr = std::thread(mstart, mp);
   } catch (const std::system_error& e) {
-    // No thread: undo, give the P back. The work stays queued for the Ms that exist.
-    std::fprintf(stderr, "gort: warning: cannot start an M thread: %s\n", e.what());
+    // No thread: undo and give the P back. An idle P holds no Gs (pidleput), so its queue goes
+    // to the global queue, where the Ms that exist find it when they next look for work.
+    // Nobody else holds the P's run queue now: it was on its way to the M that never started.
     sched.nmrunning.fetch_sub(1);
-    spin_guard l(sched.lock);
-    // Not pop_back: another M may have been pushed since this one.
-    sched.ms.erase(std::find(sched.ms.begin(), sched.ms.end(), mp));
-    if (pp) pidleput(pp);
-    if (spinning == spin::yes && sched.nmspinning.fetch_sub(1) == 0) GORT_THROW("nmspinning went negative");
+    bool moved = false;
+    if (pp) {
+      while (g* gp = pp->q.owner().get_oldest()) {
+        globrunqput(gp);
+        moved = true;
+      }
+      if (g* gp = pp->q.owner().get()) {  // runnext
+        globrunqput(gp);
+        moved = true;
+      }
+    }
+    std::size_t have;
+    bool first;
+    m* idle = nullptr;
+    {
+      spin_guard l(sched.lock);
+      // Not pop_back: another M may have been pushed since this one.
+      sched.ms.erase(std::find(sched.ms.begin(), sched.ms.end(), mp));
+      have = sched.ms.size();
+      first = !refusing.exchange(true, std::memory_order_relaxed);
+      // An M that went idle since the caller looked (startm's mget) takes the P and the work
+      // instead: it may have checked the global queue before these Gs arrived (stopm).
+      if (pp && (moved || sched.nglobal.load(std::memory_order_relaxed) != 0)) idle = mget();
+      if (idle) idle->nextp_store(pp);
+      else if (pp) pidleput(pp);
+      if (spinning == spin::yes && sched.nmspinning.fetch_sub(1) == 0) GORT_THROW("nmspinning went negative");
+    }
     delete mp;
+    if (idle) idle->park.wakeup();
+    if (first) threads_refused(e, have);
     return nullptr;
   }
+  thread_created();
   return mp;
 }
 
@@ -195,9 +240,20 @@ p* await_p(m* mp) noexcept {
 }
 
 bool stopm(m* mp) {
+  p* got = nullptr;
   {
     spin_guard l(sched.lock);
-    mput(mp);
+    // While the OS refuses threads, the wake-up meant for queued work may have found no idle M
+    // and failed to create one (newm), leaving the work and an idle P behind: this M takes them.
+    // The check and newm's failure path both run under sched.lock, so one of them sees the
+    // other. Otherwise the wake-up's new M runs the work.
+    if (refusing.load(std::memory_order_relaxed) && sched.nglobal.load(std::memory_order_relaxed) != 0)
+      got = pidleget();
+    if (!got) mput(mp);
+  }
+  if (got) {
+    acquirep(mp, got);
+    return true;
   }
   p* pp = await_p(mp);
   if (pp) acquirep(mp, pp);

@@ -4,17 +4,20 @@
 // keeps its default (or sanitizer) actions and each child starts from a known state.
 #include <catch2/catch_test_macros.hpp>
 
+#include <alloca.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -86,7 +89,115 @@ void check_overflow_report(const child_result& r) {
   CHECK(lines[0] == expected_line);
 }
 
+// ---- Stack clash ---------------------------------------------------------------------------
+//
+// A frame larger than the guard. Compiled without -fstack-clash-protection (meson.build builds
+// the tests with it, as gort.pc asks of every program), the stack pointer moves past the guard in
+// one step, and a function that then uses the low end of its frame (its callees' frames, the
+// start of its buffer) writes into the stack below without a fault. With the flag the compiler
+// touches the frame's pages on the way down, at most 4 KiB (x86-64) or 64 KiB (AArch64) apart,
+// and no more than the guard's 64 KiB, so a touch lands in the guard.
+
+constexpr std::size_t clash_stack_size = 1024 * 1024;  // a 1 MiB frame still ends in the next stack
+const std::string clash_line = "gort: stack overflow in G 42 (stack 1048576 bytes)";
+
+enum class frame_kind { array, alloca_ };
+
+struct clash_plan {
+  char* lo = nullptr;         // the victim stack's lowest byte
+  std::size_t keep = 0;       // stack left free below the frame that calls the big one
+  std::size_t bytes = 0;      // the big frame
+  frame_kind kind = frame_kind::array;
+  char* neighbour_lo = nullptr;
+  char* neighbour_hi = nullptr;
+};
+clash_plan plan;
+
+constexpr unsigned char neighbour_fill = 0xA5;
+
+// Uses the bottom of a buffer, as snprintf into a big local buffer would.
+[[gnu::noinline]] int use_low_end(char* p) {
+  for (std::size_t i = 0; i < 256; ++i) static_cast<volatile char*>(p)[i] = static_cast<char>(i);
+  return static_cast<volatile char*>(p)[255];
+}
+
+template <std::size_t N>
+[[gnu::noinline]] int big_array() {
+  std::array<char, N> a;
+  return use_low_end(a.data());
+}
+
+[[gnu::noinline]] int big_alloca(std::size_t n) {
+  char* a = static_cast<char*>(alloca(n));
+  return use_low_end(a);
+}
+
+[[gnu::noinline]] int big_frame() {
+  if (plan.kind == frame_kind::alloca_) return big_alloca(plan.bytes);
+  return plan.bytes == 100 * 1024 ? big_array<100 * 1024>() : big_array<1024 * 1024>();
+}
+
+// Takes the stack down to plan.keep bytes above lo, then calls the big frame from there: deep in
+// the G, so that the big frame's low end lies below the guard.
+[[gnu::noinline]] int descend_then_big_frame() {
+  char* sp = static_cast<char*>(__builtin_frame_address(0));
+  const std::size_t used = static_cast<std::size_t>(sp - plan.lo) - plan.keep;
+  char* burnt = static_cast<char*>(alloca(used));
+  asm volatile("" : : "r"(burnt) : "memory");
+  return big_frame();
+}
+
+void clash_entry(gort::arch::transfer) {
+  const int r = descend_then_big_frame();
+  // Reached only if the big frame did not fault: say what it did to the stack below.
+  std::size_t changed = 0;
+  for (char* p = plan.neighbour_lo; p < plan.neighbour_hi; ++p)
+    changed += static_cast<unsigned char>(*p) != neighbour_fill;
+  std::printf("survived (%d): %zu bytes of the neighbouring stack overwritten\n", r, changed);
+  std::fflush(stdout);
+  _exit(20);
+}
+
+// Child body: two adjacent stacks of one pool; the victim (G 42) is the upper one, so its guard
+// lies between it and the neighbour's top (G 41's).
+[[noreturn]] void clash_in_child(frame_kind kind, std::size_t bytes, std::size_t keep) {
+  gort::rt::install_overflow_handler();
+  gort::rt::ensure_altstack();
+  const guard_mode m = gort::rt::madvise_guard_works() ? guard_mode::madvise : guard_mode::mprotect;
+  stack_pool p(clash_stack_size, m);
+  stack below = p.get();
+  stack victim = p.get();
+  if (static_cast<char*>(victim.lo) - gort::rt::stack_guard_size != below.top()) _exit(3);
+  if (!stack_pool::guarded(victim)) _exit(4);
+  stack_pool::set_owner(below, 41);
+  stack_pool::set_owner(victim, 42);
+  std::memset(below.lo, neighbour_fill, below.size);
+  plan = {static_cast<char*>(victim.lo), keep, bytes, kind, static_cast<char*>(below.lo),
+          static_cast<char*>(below.top())};
+  gort::arch::ctx c = gort::arch::gort_make(victim.top(), clash_entry);
+  gort::arch::gort_jump(c, nullptr);
+  _exit(6);
+}
+
 }  // namespace
+
+TEST_CASE("a frame larger than the guard faults in the guard, not in the stack below", "[overflow]") {
+  // keep: how much stack is left where the big frame starts, which moves the probes' phase
+  // against the guard. With 100 KiB and keep = 32 KiB the frame's low end is 4 KiB below the
+  // guard; with 1 MiB, about 1 MiB below, near the bottom of the neighbouring stack.
+  for (frame_kind kind : {frame_kind::array, frame_kind::alloca_}) {
+    for (std::size_t bytes : {std::size_t{100 * 1024}, std::size_t{1024 * 1024}}) {
+      for (std::size_t keep : {std::size_t{2 * 1024}, std::size_t{13 * 1024}, std::size_t{32 * 1024}}) {
+        const char* frame = kind == frame_kind::array ? "array" : "alloca";
+        CAPTURE(frame, bytes, keep);
+        const auto r = run_in_child([&] { clash_in_child(kind, bytes, keep); });
+        INFO("child status " << r.status << ", stderr:\n" << r.out);
+        CHECK(r.died_by(SIGABRT));
+        CHECK(reports(r.out) == std::vector<std::string>{clash_line});
+      }
+    }
+  }
+}
 
 TEST_CASE("an overflow into a MADV_GUARD_INSTALL guard is reported", "[overflow]") {
   if (!gort::rt::madvise_guard_works())
