@@ -35,8 +35,10 @@ inline constexpr std::size_t min_stack_size = 16 * 1024;
 // its size), and a frame larger than the guard could step over it into the neighbouring stack
 // without faulting: code built without -fstack-clash-protection does not probe big frames. So
 // the guard is generous, 64 KiB, which is also a whole number of pages for 4, 16 and 64 KiB
-// pages. A slot of the default size is 320 KiB of address space: 1M stacks take 320 GiB of the
-// 128 TiB a process has.
+// pages. It must stay at least 64 KiB: with -fstack-clash-protection (which gort builds with
+// and passes on in gort.pc), GCC's AArch64 code probes large frames every 64 KiB, so only a
+// guard that large is sure to catch a probe. A slot of the default size is 320 KiB of address
+// space: 1M stacks take 320 GiB of the 128 TiB a process has.
 inline constexpr std::size_t stack_guard_size = 64 * 1024;
 
 // Slots per mapping. Bigger chunks mean fewer mmap calls; smaller ones let trim() give memory

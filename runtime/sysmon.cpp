@@ -37,6 +37,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -274,7 +276,15 @@ void sysmon_poke() noexcept { sched.sysmon_note.wakeup(); }
 void sysmon_start() {
   if (!sched.sysmon_on) return;
   quit.store(false);
-  monitor = new std::thread(sysmon_main);
+  try {
+    monitor = new std::thread(sysmon_main);
+  } catch (const std::system_error& e) {
+    // The OS refused the thread (RLIMIT_NPROC reached by the Gs that started first): run on
+    // without sysmon, so without preemption or hand-offs of blocked Ps, rather than throw out
+    // of gort::run while Gs are running.
+    std::fprintf(stderr, "gort: warning: cannot start the sysmon thread (%s); running without "
+                 "preemption and blocking-call hand-off\n", e.what());
+  }
 }
 
 // Once every M has exited (sysmon keeps stopping runaway Gs until then).
