@@ -1,11 +1,12 @@
 // gort: boot and shutdown of a runtime (run_main), with the main G.
 //
 // Boot: validate the settings, claim the single runtime slot (sched.state stopped -> starting),
-// build the Ps and the main G, go to running, then start the first M (holding P 0 with the main
-// G queued), a spare M and sysmon. Shutdown, once the main G's body returned: go to stopping,
-// wait for foreign submitters in flight, wake every M until all have exited (an M running a G
-// exits when that G next enters the scheduler; the G is abandoned), stop sysmon, join the
-// threads, free everything, go to stopped.
+// build the Ps and the main G, go to running, install the signal handlers, then start the first
+// M (holding P 0 with the main G queued), a spare M and sysmon. Shutdown, once the main G's
+// body returned: go to stopping, wait for foreign submitters in flight, wake every M until all
+// have exited (an M running a G exits when that G next enters the scheduler; the G is
+// abandoned), stop sysmon, join the threads, free everything, go to stopped, put the signal
+// actions back. A failure before the first thread starts undoes everything.
 #include "boot.hpp"
 
 #include <chrono>
@@ -45,6 +46,26 @@ void main_body(void* p) {
   mc->done.wakeup();
 }
 
+
+// The signal handlers of one run (preempt.cpp, overflow.cpp), installed just before the first
+// M starts, after everything in run_main that can fail without a thread to stop. The
+// destructor puts back the actions found on every way out of run_main, returning or throwing.
+// Only what this run installed is put back: the overflow handler may have been installed by
+// the program itself.
+struct run_signals {
+  bool overflow = false;
+  bool preempt = false;
+  run_signals() {
+    overflow = install_overflow_handler();
+    if (sched.async_preempt && sched.sysmon_on) preempt = install_preempt_handler();
+  }
+  ~run_signals() {
+    if (preempt) uninstall_preempt_handler();
+    if (overflow) uninstall_overflow_handler();
+  }
+  run_signals(const run_signals&) = delete;
+  run_signals& operator=(const run_signals&) = delete;
+};
 
 // Single-threaded: every M has exited.
 void teardown() GORT_NO_TSA {
@@ -97,46 +118,48 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   sched.scavenge_period_ns = set.scavenge_period_ns;
   sched.detect_deadlock = set.detect_deadlock;
   sched.max_threads = set.max_threads;
-  install_overflow_handler();
-  if (sched.async_preempt && sched.sysmon_on) install_preempt_handler();
   sched.stacks = pool.release();
   sched.frame_budget = cfg.stack_size / 4;
   sched.nprocs = n;
-  sched.steal_strides.clear();
-  for (std::uint32_t i = 1; i <= n; ++i)
-    if (std::gcd(i, n) == 1) sched.steal_strides.push_back(i);
-  std::vector<int> cpus = place_procs(cfg.pin, n);
-  for (unsigned i = 0; i < n; ++i) {
-    auto* pp = new p;
-    pp->id = i;
-    if (!cpus.empty()) pp->cpu = cpus[i];
-    sched.ps.push_back(pp);
-  }
-  {
-    spin_guard l(sched.lock);
-    for (unsigned i = n; i-- > 1;) pidleput(sched.ps[i]);
-  }
-
   main_ctx mc{body, frame, {}};
-  g* mg;
+  // Until the first thread starts, a failure (bad_alloc, a stack that cannot be mapped) undoes
+  // everything and leaves the runtime stopped, with no signal handler installed yet.
   try {
-    mg = g_new_main(main_body, &mc);
+    sched.steal_strides.clear();
+    for (std::uint32_t i = 1; i <= n; ++i)
+      if (std::gcd(i, n) == 1) sched.steal_strides.push_back(i);
+    std::vector<int> cpus = place_procs(cfg.pin, n);
+    for (unsigned i = 0; i < n; ++i) {
+      auto pp = std::make_unique<p>();
+      pp->id = i;
+      if (!cpus.empty()) pp->cpu = cpus[i];
+      sched.ps.push_back(pp.get());
+      pp.release();
+    }
+    {
+      spin_guard l(sched.lock);
+      for (unsigned i = n; i-- > 1;) pidleput(sched.ps[i]);
+    }
+    sched.main_g.store(g_new_main(main_body, &mc));
+    // Threads that are not ours (deadlock.cpp), counted before we create any.
+#if GORT_TSAN
+    // TSan starts a background thread of its own at the process's first pthread_create. Make
+    // that happen now, so that it is counted here and never passes for a new foreign thread.
+    std::thread([] {}).join();
+#endif
+    sched.threads_at_start = count_threads();
   } catch (...) {
+    sched.main_g.store(nullptr);
     teardown();
     sched.state.store(run_state::stopped);
     throw;
   }
-  sched.main_g.store(mg);
-  // Threads that are not ours (deadlock.cpp), counted before we create any.
-#if GORT_TSAN
-  // TSan starts a background thread of its own at the process's first pthread_create. Make
-  // that happen now, so that it is counted here and never passes for a new foreign thread.
-  std::thread([] {}).join();
-#endif
-  sched.threads_at_start = count_threads();
+  g* mg = sched.main_g.load(std::memory_order_relaxed);
   sched.sysmon_since.store(nanotime(), std::memory_order_relaxed);
   runqput(sched.ps[0], mg, queue_at::back);
   sched.state.store(run_state::running, std::memory_order_seq_cst);
+  // From here on nothing is undone on an exception but the signal actions: see run_signals.
+  const run_signals handlers;
   sched.extra_spares = 0;
 #if GORT_ASAN
   // Under ASan a starting thread allocates (ASan's thread set-up frees into its quarantine)
@@ -178,9 +201,8 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   sysmon_stop();  // before the joins: it may still be signalling a thread on its way out
   for (m* mp : ms)
     if (mp->thr.joinable()) mp->thr.join();
-  uninstall_preempt_handler();
   teardown();
   sched.state.store(run_state::stopped, std::memory_order_seq_cst);
-}
+}  // ~run_signals: every M has exited, so no G can fault or be signalled any more
 
 }  // namespace gort::rt

@@ -20,6 +20,7 @@
 #include "alloc.hpp"
 #include "check.hpp"
 #include "overflow.hpp"
+#include "preempt.hpp"
 #include "proc.hpp"
 #include "timer_sleeper.hpp"
 
@@ -330,6 +331,11 @@ void mstart(m* mp) {
   mp->g0.init_thread();
   mp->eh = thread_eh_globals();
   ensure_altstack();
+  // The thread inherited the signal mask of whoever created it (run's caller, sysmon or another
+  // M). Unblock what the runtime's handlers need, and nothing else: a program that blocks
+  // everything before gort::run to take its signals with sigwait keeps them that way.
+  unblock_fault_signals();
+  unblock_preempt_signal();
   if (p* pp = mp->nextp_take()) acquirep(mp, pp);
   schedule(mp);  // without a P it parks first (a spare M)
   mexit(mp);

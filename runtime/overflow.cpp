@@ -12,6 +12,7 @@
 #include <mutex>
 #include <new>
 #include <system_error>
+#include <utility>
 
 #include "stack.hpp"
 
@@ -19,12 +20,21 @@ namespace gort::rt {
 
 namespace {
 
-// The actions found when we installed ours. Written once, before our handler can run (the
-// sigaction call that installs it orders the stores), and only read afterwards.
-struct sigaction prev_segv;
-struct sigaction prev_bus;
+// Per signal: the action found when ours was installed, and whether ours is (or was, and has
+// been replaced by a handler that may chain to it). `prev` is written only while `installed`
+// is false, before the sigaction call that installs ours (which orders the stores for the
+// handler), and only read while ours can run. Both under install_mu.
+struct fault_action {
+  struct sigaction prev;
+  bool installed = false;
+};
+fault_action segv_action;
+fault_action bus_action;
+std::mutex install_mu;
 
-const struct sigaction& prev_for(int sig) noexcept { return sig == SIGBUS ? prev_bus : prev_segv; }
+const struct sigaction& prev_for(int sig) noexcept {
+  return sig == SIGBUS ? bus_action.prev : segv_action.prev;
+}
 
 char* put_str(char* p, const char* s) noexcept {
   while (*s) *p++ = *s++;
@@ -134,19 +144,41 @@ constexpr std::size_t min_foreign_altstack = 16 * 1024;
 
 }  // namespace
 
-void install_overflow_handler() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    // Save the old actions first: another thread may fault the moment ours is in place.
-    sigaction(SIGSEGV, nullptr, &prev_segv);
-    sigaction(SIGBUS, nullptr, &prev_bus);
-    struct sigaction sa {};
-    sa.sa_sigaction = on_fault;
-    sa.sa_flags = SA_ONSTACK | SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, nullptr);
-    sigaction(SIGBUS, &sa, nullptr);
-  });
+bool install_overflow_handler() {
+  std::lock_guard<std::mutex> l(install_mu);
+  struct sigaction sa {};
+  sa.sa_sigaction = on_fault;
+  sa.sa_flags = SA_ONSTACK | SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  bool did = false;
+  for (auto [sig, a] : {std::pair{SIGSEGV, &segv_action}, std::pair{SIGBUS, &bus_action}}) {
+    if (a->installed) continue;
+    // Save the old action first: another thread may fault the moment ours is in place.
+    sigaction(sig, nullptr, &a->prev);
+    if (sigaction(sig, &sa, nullptr) != 0) continue;
+    a->installed = true;
+    did = true;
+  }
+  return did;
+}
+
+void uninstall_overflow_handler() {
+  std::lock_guard<std::mutex> l(install_mu);
+  for (auto [sig, a] : {std::pair{SIGSEGV, &segv_action}, std::pair{SIGBUS, &bus_action}}) {
+    if (!a->installed) continue;
+    struct sigaction cur {};
+    if (sigaction(sig, nullptr, &cur) != 0 || !(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_fault)
+      continue;  // replaced: the new handler may chain to ours, which therefore stays usable
+    if (sigaction(sig, &a->prev, nullptr) == 0) a->installed = false;
+  }
+}
+
+void unblock_fault_signals() noexcept {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGSEGV);
+  sigaddset(&s, SIGBUS);
+  pthread_sigmask(SIG_UNBLOCK, &s, nullptr);
 }
 
 void ensure_altstack() {

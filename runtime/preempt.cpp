@@ -46,10 +46,17 @@
 // meant to carry a P back to it: ASan builds start with parked spare Ms (proc.cpp, run_main).
 //
 // SIGURG, like Go: its default action is to ignore it, and programs rarely use it (it signals
-// out-of-band socket data). A handler installed before gort::run is chained: signals that are
-// not preemption requests reach it.
+// out-of-band socket data). A handler installed before gort::run is chained: every SIGURG gort
+// did not send reaches it, and none that gort sent does (sent_by_gort below). Every M unblocks
+// SIGURG when it starts (unblock_preempt_signal), whatever mask it inherited from the thread
+// that created it: a program that blocks all signals before gort::run, to take them with
+// sigwait or a signalfd, would otherwise turn asynchronous preemption off without a word.
+// sysmon keeps the mask it inherited: it is never signalled and runs no Gs. The handler is
+// installed for the duration of one run and the previous action put back when run_main
+// leaves, normally or by an exception.
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -68,8 +75,30 @@ namespace rt {
 
 namespace {
 
+// The action found when ours was installed: the one chained to, and put back by
+// uninstall_preempt_handler. Written only while ours is not installed.
 struct sigaction old_action;
+// Ours is installed, or was and has since been replaced by a handler that may chain to it.
+// Written by run_main's thread before it starts any M, read by the Ms.
 bool installed = false;
+
+// What every preemption signal carries in si_value: the address of this object, which nothing
+// outside this file can know. Not const, so that no constant merging can share its address.
+char preempt_token;
+
+// Whether gort sent this SIGURG (preempt_m). A standard signal pending twice on a thread is
+// delivered once, with the siginfo of the first send, so what the handler needs is a mark on
+// the signal itself, not a count or a flag beside it: a per-M "sent" flag would claim a
+// pthread_kill from the program that arrives while ours is in flight, and let ours pass as the
+// program's when the two merge. preempt_m therefore sends with pthread_sigqueue, which
+// delivers si_code = SI_QUEUE, the sender's pid and a value of the sender's choosing, and the
+// value is preempt_token's address. kill(), tgkill() and pthread_kill() arrive with SI_USER or
+// SI_TKILL; a sigqueue() from the program carries its own value. Only a sender that read our
+// address out of this process could imitate the mark.
+bool sent_by_gort(const siginfo_t* info) noexcept {
+  return info->si_code == SI_QUEUE && info->si_value.sival_ptr == &preempt_token &&
+         info->si_pid == getpid();
+}
 
 // The request is current when the P's tick still equals the one sysmon saw standing still.
 bool requested(p* pp) noexcept {
@@ -100,17 +129,20 @@ void hold_for_preemption(m* mp, g* gp, p* pp) noexcept {
 }
 
 void on_sigurg(int sig, siginfo_t* info, void* uctx) {
-  const int saved_errno = errno;
-  m* mp = getm();
-  g* gp = mp ? mp->curg : nullptr;
-  p* pp = mp ? mp->curp : nullptr;
-  if (gp && pp && requested(pp)) {
-    if (gp->nopreempt.load(std::memory_order_relaxed) == 0) hold_for_preemption(mp, gp, pp);
+  if (sent_by_gort(info)) {
+    // A request that is no longer current (the G reached the scheduler since, or the M has
+    // moved on) or a G that cannot be stopped now is left alone: sysmon asks again if needed.
+    // Either way the signal was gort's and goes no further.
+    const int saved_errno = errno;
+    m* mp = getm();
+    g* gp = mp ? mp->curg : nullptr;
+    p* pp = mp ? mp->curp : nullptr;
+    if (gp && pp && requested(pp) && gp->nopreempt.load(std::memory_order_relaxed) == 0)
+      hold_for_preemption(mp, gp, pp);
     errno = saved_errno;
     return;
   }
-  errno = saved_errno;
-  // Not ours: pass it on to whatever handled SIGURG before gort::run.
+  // Not gort's: pass it on to whatever handled SIGURG before gort::run.
   if (old_action.sa_flags & SA_SIGINFO) {
     if (old_action.sa_sigaction) old_action.sa_sigaction(sig, info, uctx);
   } else if (old_action.sa_handler != SIG_DFL && old_action.sa_handler != SIG_IGN && old_action.sa_handler) {
@@ -120,8 +152,8 @@ void on_sigurg(int sig, siginfo_t* info, void* uctx) {
 
 }  // namespace
 
-void install_preempt_handler() {
-  if (installed) return;
+bool install_preempt_handler() {
+  if (installed) return false;
   struct sigaction sa;
   std::memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_sigurg;
@@ -134,20 +166,39 @@ void install_preempt_handler() {
     std::fprintf(stderr, "gort: warning: cannot install the SIGURG handler (%s); "
                  "asynchronous preemption is off\n", std::strerror(errno));
     sched.async_preempt = false;
-    return;
+    return false;
   }
   installed = true;
+  return true;
 }
 
 void uninstall_preempt_handler() {
   if (!installed) return;
-  sigaction(SIGURG, &old_action, nullptr);
-  installed = false;
+  // Put back only our own action. A handler the program installed over ours while the runtime
+  // ran stays, and so does ours behind it (installed stays true), since that handler may chain
+  // to it: the next run then neither installs ours again nor saves a handler that chains to
+  // ours as the one to chain to.
+  struct sigaction cur;
+  std::memset(&cur, 0, sizeof cur);
+  if (sigaction(SIGURG, nullptr, &cur) != 0 || !(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_sigurg)
+    return;
+  if (sigaction(SIGURG, &old_action, nullptr) == 0) installed = false;
 }
 
-// sysmon's half of step 1.
+void unblock_preempt_signal() noexcept {
+  // Asynchronous preemption off: the program's mask stands.
+  if (!installed || !sched.async_preempt || !sched.sysmon_on) return;
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGURG);
+  pthread_sigmask(SIG_UNBLOCK, &s, nullptr);
+}
+
+// sysmon's half of step 1. The token marks the signal as gort's (sent_by_gort).
 void preempt_m(m* mp) noexcept {
-  pthread_kill(static_cast<pthread_t>(mp->tid), SIGURG);
+  sigval v;
+  v.sival_ptr = &preempt_token;
+  pthread_sigqueue(static_cast<pthread_t>(mp->tid), SIGURG, v);
 }
 
 }  // namespace rt
