@@ -19,6 +19,7 @@
 #include "gort/gort.hpp"
 #include "expect.hpp"
 #include "sched.hpp"
+#include "probes.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -203,18 +204,6 @@ TEST_CASE("send_for and recv_for time out and succeed", "[chan]") {
 }
 
 namespace {
-
-// Yields until the G published in `gp` is parked (true), or until `returned` is set or 20 s
-// have passed (false; the limit only bounds the polling).
-bool parks_without_returning(const std::atomic<gort::rt::g*>& gp, const std::atomic<bool>& returned) {
-  const auto give_up = steady::now() + 20s;
-  for (;;) {
-    if (returned.load()) return false;
-    if (gort::rt::g* g = gp.load(); g && g->status.load() == gort::rt::gstatus::waiting) return true;
-    if (steady::now() >= give_up) return false;
-    gort::yield();
-  }
-}
 
 // recv_for(d) and send_for(d) on a channel (capacity cap) that has nothing for them, with a d
 // too long for "now + d" to be represented: each must park and stay parked until a partner

@@ -26,6 +26,7 @@
 #include <gort/gort.hpp>
 
 #include "child.hpp"
+#include "probes.hpp"
 
 using Catch::Matchers::ContainsSubstring;
 
@@ -44,22 +45,6 @@ volatile int never = INT_MAX;
   for (std::size_t i = 0; i < sizeof pad; i += 64) pad[i] = static_cast<char>(depth);
   if (depth == never) return pad[0];
   return deep(depth + 1) + pad[64];
-}
-
-// Uses the bottom of a buffer, as snprintf into a big local buffer would.
-[[gnu::noinline]] int use_low_end(char* p) {
-  for (std::size_t i = 0; i < 256; ++i) static_cast<volatile char*>(p)[i] = static_cast<char>(i);
-  return static_cast<volatile char*>(p)[255];
-}
-
-template <std::size_t N>
-[[gnu::noinline]] int big_array() {
-  std::array<char, N> a;
-  return use_low_end(a.data());
-}
-
-[[gnu::noinline]] int big_alloca(std::size_t n) {
-  return use_low_end(static_cast<char*>(alloca(n)));
 }
 
 // Takes the G's stack down to about `keep` bytes above lo, then calls a frame of `bytes`: deep

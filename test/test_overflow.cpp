@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "child.hpp"
+#include "probes.hpp"
 #include "context.hpp"
 #include "overflow.hpp"
 #include "stack.hpp"
@@ -114,23 +115,6 @@ struct clash_plan {
 clash_plan plan;
 
 constexpr unsigned char neighbour_fill = 0xA5;
-
-// Uses the bottom of a buffer, as snprintf into a big local buffer would.
-[[gnu::noinline]] int use_low_end(char* p) {
-  for (std::size_t i = 0; i < 256; ++i) static_cast<volatile char*>(p)[i] = static_cast<char>(i);
-  return static_cast<volatile char*>(p)[255];
-}
-
-template <std::size_t N>
-[[gnu::noinline]] int big_array() {
-  std::array<char, N> a;
-  return use_low_end(a.data());
-}
-
-[[gnu::noinline]] int big_alloca(std::size_t n) {
-  char* a = static_cast<char*>(alloca(n));
-  return use_low_end(a);
-}
 
 [[gnu::noinline]] int big_frame() {
   if (plan.kind == frame_kind::alloca_) return big_alloca(plan.bytes);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "sched.hpp"
+#include "probes.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -32,26 +33,6 @@ gort::config cfg(unsigned procs, std::chrono::nanoseconds slice = 10ms, bool asy
   return c;
 }
 
-// A loop with no calls at all: nothing in it can yield cooperatively.
-void spin_until(const std::atomic<bool>& flag) {
-  while (!flag.load(std::memory_order_relaxed)) {
-  }
-}
-
-#if defined(__SANITIZE_THREAD__)
-// TSan defers asynchronous signals until the thread next enters its runtime (an intercepted
-// call), and a loop of plain atomic loads never does: under TSan a call-free spinner cannot be
-// interrupted by anyone's signal. The spinners there make one opaque call per iteration, which
-// is what lets TSan deliver the signal; the preemption they see is still the asynchronous one
-// (the call is not a gort call).
-__attribute__((noinline)) void opaque() { asm volatile("" ::: "memory"); }
-void spin_until_tsan(const std::atomic<bool>& flag) {
-  while (!flag.load(std::memory_order_relaxed)) opaque();
-}
-#define SPIN spin_until_tsan
-#else
-#define SPIN spin_until
-#endif
 
 }  // namespace
 
@@ -62,18 +43,7 @@ TEST_CASE("procs=1: a G spinning without calls is preempted and another G sets i
     std::atomic<bool> flag{false};
     std::uint64_t before = gort::rt::sched.npreempted.load();
     gort::run(cfg(1, 1ms), [&] {
-      gort::wait_group wg;
-      wg.add(2);
-      gort::go([&] {
-        // The setter is queued behind this G on the only P: it runs only if we are stopped.
-        gort::go([&] {
-          flag.store(true, std::memory_order_relaxed);
-          wg.done();
-        });
-        SPIN(flag);
-        wg.done();
-      });
-      wg.wait();
+      spin_until_preempted(flag);  // the setter runs only if the spinner is stopped
     });
     REQUIRE(flag.load());
     // It was the signal: the spinner held the only P and had to be stopped.

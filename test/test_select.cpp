@@ -21,6 +21,7 @@
 #include "gort/gort.hpp"
 #include "expect.hpp"
 #include "sched.hpp"
+#include "probes.hpp"
 #include "test_util.hpp"
 
 using namespace std::chrono_literals;
@@ -133,18 +134,6 @@ TEST_CASE("select timeouts: fire when nothing is ready, never when something is"
 }
 
 namespace {
-
-// Yields until the G published in `gp` is parked (true), or until `returned` is set or 20 s
-// have passed (false; the limit only bounds the polling).
-bool parks_without_returning(const std::atomic<gort::rt::g*>& gp, const std::atomic<bool>& returned) {
-  const auto give_up = steady::now() + 20s;
-  for (;;) {
-    if (returned.load()) return false;
-    if (gort::rt::g* g = gp.load(); g && g->status.load() == gort::rt::gstatus::waiting) return true;
-    if (steady::now() >= give_up) return false;
-    gort::yield();
-  }
-}
 
 // on_timeout(d) with a d too long for "now + d" to be represented never fires: beside a finite
 // timeout, the finite one is taken (in either order); beside a receive, the select parks and

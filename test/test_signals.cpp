@@ -22,6 +22,7 @@
 #include "child.hpp"
 #include "sched.hpp"
 #include "stack.hpp"
+#include "probes.hpp"
 #include "test_util.hpp"
 
 using Catch::Matchers::ContainsSubstring;
@@ -36,23 +37,6 @@ gort::config cfg(unsigned procs, std::chrono::nanoseconds slice = 10ms) {
   return c;
 }
 
-// A loop with no calls at all: nothing in it can yield cooperatively.
-void spin_until(const std::atomic<bool>& flag) {
-  while (!flag.load(std::memory_order_relaxed)) {
-  }
-}
-
-#if defined(__SANITIZE_THREAD__)
-// TSan delivers an asynchronous signal only where the thread enters its runtime; a loop of
-// plain loads never does (test_preempt.cpp has the details). One opaque call per iteration.
-__attribute__((noinline)) void opaque() { asm volatile("" ::: "memory"); }
-void spin_until_tsan(const std::atomic<bool>& flag) {
-  while (!flag.load(std::memory_order_relaxed)) opaque();
-}
-#define SPIN spin_until_tsan
-#else
-#define SPIN spin_until
-#endif
 
 // The program's SIGURG handler: counts calls and keeps the last si_code.
 std::atomic<int> urg_calls{0};
@@ -150,18 +134,7 @@ TEST_CASE("with every signal blocked in run's caller, a spinning G is preempted 
             bus_blocked = sigismember(&cur, SIGBUS);
             usr1_blocked = sigismember(&cur, SIGUSR1);
             term_blocked = sigismember(&cur, SIGTERM);
-            gort::wait_group wg;
-            wg.add(2);
-            gort::go([&] {
-              // The setter is queued behind this G on the only P: it runs only if we are stopped.
-              gort::go([&] {
-                flag.store(true, std::memory_order_relaxed);
-                wg.done();
-              });
-              SPIN(flag);
-              wg.done();
-            });
-            wg.wait();
+            spin_until_preempted(flag);  // the setter runs only if the spinner is stopped
             // Left spinning at shutdown: only the signal can stop it there.
             std::atomic<bool> started{false};
             gort::go([&started] {
