@@ -135,25 +135,10 @@ struct waitq : rt::waitq<chan_waiter> {
 };
 
 // Parties served under the lock, finished after it: claimed nodes, linked through `next`.
-struct wake_list {
-  chan_waiter* first = nullptr;
-  chan_waiter** last = &first;
-
+struct wake_list : rt::wake_chain<chan_waiter> {
   void add(chan_waiter* w, bool ok) noexcept {
     w->ok = ok;
-    w->next = nullptr;
-    *last = w;
-    last = &w->next;
-  }
-  bool empty() const noexcept { return first == nullptr; }
-  void release() noexcept {
-    for (chan_waiter* w = first; w;) {
-      chan_waiter* next = w->next;  // read first: a released waiter's memory may vanish
-      rt::finish(*w->ws);
-      w = next;
-    }
-    first = nullptr;
-    last = &first;
+    wake_chain::add(w);
   }
 };
 

@@ -79,7 +79,7 @@ char shutdown_tag;
 // list as one chain, and a P that runs out takes one whole chain back. Moving chains, not Gs,
 // matters: a dead G's descriptor was last written by the P where it died, so walking a list of
 // them one by one is a cache miss per G, which a lock-holding loop would serialise (measured:
-// that loop was 65% of g_reserve_new's time in the spawn benchmark at procs = 2). The chain
+// that loop was 65% of g_new's time in the spawn benchmark at procs = 2). The chain
 // to give away is this P's own most recent Gs, whose lines it still holds.
 void gfpush_chain(g* head, std::uint32_t n) GORT_REQUIRES(sched.gfree_lock) {
   sched.gfree_lock.assert_held();
@@ -180,6 +180,8 @@ void check_global_gfree() GORT_REQUIRES(sched.gfree_lock) {
 #endif
 }
 
+}  // namespace
+
 // Scavenging. The free lists keep a dead G's stack committed, which is what makes spawning
 // cheap, but after a spike of a million Gs it would also keep gigabytes resident for good.
 // sysmon calls this once per scavenge_period: it frees half of the global list's low-water
@@ -188,9 +190,6 @@ void check_global_gfree() GORT_REQUIRES(sched.gfree_lock) {
 // Halving rather than freeing the whole surplus at once keeps a program that spikes every few
 // seconds from paying for fresh pages every time. Per-P lists (at most gfree_max each) and
 // the main G are never touched. Returns the number of Gs freed.
-
-}  // namespace
-
 std::size_t scavenge_gs() noexcept {
   g* chains = nullptr;  // detached chains, linked through gfree_next_chain
   std::uint32_t taken = 0;
@@ -283,11 +282,16 @@ std::uint64_t new_goid(p* pp) {
   std::terminate();
 }
 
-// The frame's contents are gone (destroyed by the last frame holder): no user code runs here.
-void recycle(g* gp) {
+// Gives back a frame's memory (its contents are destroyed or abandoned already).
+void free_frame(g* gp) noexcept {
   if (gp->frame_on_heap) free_mem(gp->frame);
   gp->frame = nullptr;
   gp->frame_on_heap = false;
+}
+
+// The frame's contents are gone (destroyed by the last frame holder): no user code runs here.
+void recycle(g* gp) {
+  free_frame(gp);
   gp->destroy = nullptr;
   stack_pool::set_owner(gp->stk, 0);
   m* mp = getm();
@@ -387,7 +391,7 @@ void join_commit(fiber*, void* arg) {
   }
   // A thread sleeps uncounted: shutdown must not wait for a join that may never end (it wakes
   // the thread instead if the G is abandoned: g_shutdown).
-  if (foreign) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  if (foreign) foreign_leave();
 }
 
 // Access to a handle's G (see the top of the file): `live` when the handle's runtime runs and
@@ -401,13 +405,12 @@ struct handle_access {
       live = live_id(id);
       return;
     }
-    sched.foreign.fetch_add(1, std::memory_order_seq_cst);
-    live = running(std::memory_order_seq_cst) && live_id(id);
-    if (live) pinned = true;
-    else sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+    if (!foreign_enter()) return;
+    live = pinned = live_id(id);
+    if (!live) foreign_leave();
   }
   void unpin() noexcept {
-    if (pinned) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+    if (pinned) foreign_leave();
     pinned = false;
   }
 };
@@ -421,21 +424,15 @@ g* g_new(std::size_t size, std::size_t align, void** frame) {
   if (align > 64) throw std::invalid_argument("gort: a G's callable needs alignment <= 64");
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
-  if (!pp) {
-    // A foreign thread: count ourselves in before looking at the state, so shutdown waits for
-    // us (it sets the state, then waits for foreign == 0).
-    sched.foreign.fetch_add(1, std::memory_order_seq_cst);
-    if (!running(std::memory_order_seq_cst)) {
-      sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
-      throw std::logic_error("gort: no runtime is running (start one with gort::run)");
-    }
-  }
+  // A foreign thread stays counted in until g_start or g_discard.
+  if (!pp && !foreign_enter())
+    throw std::logic_error("gort: no runtime is running (start one with gort::run)");
   g* gp = gfget(pp);
   if (!gp) {
     try {
       gp = gcreate();
     } catch (...) {
-      if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+      if (!pp) foreign_leave();
       throw;
     }
   }
@@ -450,7 +447,7 @@ g* g_new(std::size_t size, std::size_t align, void** frame) {
       gp->frame = alloc(size + 64);
     } catch (...) {
       gfput(pp, gp);
-      if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+      if (!pp) foreign_leave();
       throw;
     }
     gp->frame_on_heap = true;
@@ -473,19 +470,17 @@ bool g_start(g* gp, gort::detail::body_fn body, gort::detail::destroy_fn destroy
   globrunqput(gp);
   std::atomic_thread_fence(std::memory_order_seq_cst);  // see wakep
   wakep();
-  sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  foreign_leave();
   return false;
 }
 
 void g_discard(g* gp) noexcept {
-  if (gp->frame_on_heap) free_mem(gp->frame);
-  gp->frame = nullptr;
-  gp->frame_on_heap = false;
+  free_frame(gp);
   gp->destroy = nullptr;
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
   gfput(pp, gp);
-  if (!pp) sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  if (!pp) foreign_leave();
 }
 
 join_result g_join(g* target, bool foreign) {
@@ -567,10 +562,7 @@ void g_shutdown() noexcept GORT_NO_TSA {
         }
       }
     }
-    // Nothing reads a heap frame any more: its handle's runtime is ending.
-    if (gp->frame_on_heap) free_mem(gp->frame);
-    gp->frame = nullptr;
-    gp->frame_on_heap = false;
+    free_frame(gp);  // nothing reads it any more: its handle's runtime is ending
   }
   live_from.store(no_runtime, std::memory_order_relaxed);
 }
@@ -654,7 +646,7 @@ void g_release(gdesc* g, std::uint64_t id) noexcept {
 
 void g_release_joined(gdesc* g, int pin) noexcept {
   rt::g_release(as_g(g));
-  if (pin == 2) rt::sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  if (pin == 2) rt::foreign_leave();
 }
 
 std::uint64_t current_g_id() noexcept {

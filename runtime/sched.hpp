@@ -310,6 +310,18 @@ inline bool running(std::memory_order mo = std::memory_order_acquire) noexcept {
   return sched.state.load(mo) == run_state::running;
 }
 
+// A thread that is no M, about to touch the runtime (spawn, arm a timer, reach a handle's G):
+// counts itself in sched.foreign before looking at the state, so shutdown (which sets the state,
+// then waits for foreign == 0) waits for it. True: counted, and the runtime runs; the caller
+// calls foreign_leave when done. False: not counted, no runtime runs.
+inline bool foreign_enter() noexcept {
+  sched.foreign.fetch_add(1, std::memory_order_seq_cst);
+  if (running(std::memory_order_seq_cst)) return true;
+  sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  return false;
+}
+inline void foreign_leave() noexcept { sched.foreign.fetch_sub(1, std::memory_order_seq_cst); }
+
 // The current M of the calling thread, or null on a thread that is not an M. A G may resume
 // on another thread after any switch, and compilers cache thread-pointer arithmetic across
 // calls, so this is an opaque call every time (see docs/design.md "Thread-local state").

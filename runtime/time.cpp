@@ -20,7 +20,7 @@
 //    out) followed by draining the channel leaves no stale value behind. A value drained
 //    there had been sent but not received: as in Go 1.23, stop and reset then return true.
 //  - An after_func fire queues a launch of f (see launch_queue), which starts a new G for it
-//    (rt::g_new + g_launch, the steps of gort::go, which only take the P's free list
+//    (rt::g_new + g_start, the steps of gort::go, which only take the P's free list
 //    or the stack pool's lock and put the G on the P's queue, as ready() does). The launch and
 //    then the G hold a reference to the core, so the closure outlives a handle destroyed
 //    while f is queued or running.

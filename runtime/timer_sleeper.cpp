@@ -81,14 +81,10 @@ void arm_timer_here(timer* t, const char* who) {
     arm_timer(mp->curp ? mp->curp : sched.ps[0], t);
     return;
   }
-  // A foreign thread: counted in, like a foreign spawn, so shutdown waits for us.
-  sched.foreign.fetch_add(1, std::memory_order_seq_cst);
-  if (!running(std::memory_order_seq_cst)) {
-    sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  if (!foreign_enter())
     throw std::logic_error(std::string(who) + ": no runtime is running (start one with gort::run)");
-  }
   arm_timer(sched.ps[0], t);
-  sched.foreign.fetch_sub(1, std::memory_order_seq_cst);
+  foreign_leave();
 }
 
 void timer_armed(std::int64_t when) { timer_poke(when); }

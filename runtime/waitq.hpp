@@ -107,6 +107,10 @@ struct waitq : Ends {
 // a waker gathers the nodes under the lock, finishes the object's business, unlocks, and only
 // then calls release(): from the first finish on it touches nothing but the chain, reading each
 // node's `next` before waking it.
+// A node's wait_state is its `ws` member, held in place or by pointer.
+inline wait_state& state_of(wait_state& ws) noexcept { return ws; }
+inline wait_state& state_of(wait_state* ws) noexcept { return *ws; }
+
 template <class Node>
 struct wake_chain {
   Node* first = nullptr;
@@ -117,10 +121,11 @@ struct wake_chain {
     *last = n;
     last = &n->next;
   }
+  bool empty() const noexcept { return first == nullptr; }
   void release() noexcept {
     for (Node* n = first; n;) {
       Node* next = n->next;
-      finish(n->ws);
+      finish(state_of(n->ws));
       n = next;
     }
     first = nullptr;
