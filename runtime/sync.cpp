@@ -425,9 +425,10 @@ void shared_mutex::unlock_shared() {
 // unlock must find it), but it cannot block until the mutex is unlocked, and unlocking under
 // qlock_ would nest the mutex's queue lock and wakes inside ours. So it waits in two steps:
 // enqueue (node published with no G yet); unlock the mutex; take qlock_ again and, if no notify
-// claimed the node meanwhile, block — rt::block records the G before qlock_ is released, and
-// notifiers claim and finish only under qlock_, so they either see the G parked or finished a
-// node with no G (rt::finish then just stores `done`), which the waiter sees under qlock_.
+// claimed the node meanwhile, block. rt::block records the G before qlock_ is released and
+// notifiers claim only under qlock_, so a notifier either claims a node whose G is recorded, or
+// one with no G, which the waiter then finds claimed under qlock_; notifiers finish after
+// unlocking (wake_chain), so that waiter stays until finish() has stored `done` (await_finish).
 
 bool condition_variable::wait_impl(std::unique_lock<mutex>& lk, std::int64_t deadline) {
   if (!lk.owns_lock())
@@ -458,6 +459,7 @@ bool condition_variable::wait_impl(std::unique_lock<mutex>& lk, std::int64_t dea
       }
     } else {
       rt::spin_unlock(qlock_);
+      rt::await_finish(n.ws);  // the notifier may still be walking its chain through n
       woke = true;
     }
   }

@@ -43,6 +43,17 @@ void finish(wait_state& ws) noexcept {
   futex_wake(word, 1);  // harmless if the thread already saw `done` and left
 }
 
+void await_finish(wait_state& ws) noexcept {
+  GORT_ASSERT(ws.gp == nullptr, "await_finish: the party already blocked");
+  for (int spins = 0;; ++spins) {
+    const std::uint32_t v = ws.v.load(std::memory_order_acquire);
+    if (v == wait_state::done) return;
+    GORT_ASSERT(v == wait_state::claimed, "await_finish: state neither claimed nor done");
+    if (spins < 64) cpu_relax();
+    else futex_wait(&ws.v, v);  // finish() with no G stores done, then wakes the word
+  }
+}
+
 bool block(wait_state& ws, std::int64_t deadline_ns, const char* reason, transition unlock) noexcept {
   // The caller, a runtime entry point, holds preemption off (park checks).
   if (g* gp = getg()) {

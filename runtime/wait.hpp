@@ -43,6 +43,13 @@ inline bool claim(wait_state& ws) noexcept {
 // this returns, or for a thread, as soon as the state is stored: nothing is read after that.
 void finish(wait_state& ws) noexcept;
 
+// For a party that published ws and found it claimed before it could block (ws.gp still null):
+// returns once the claimer's finish() has stored `done`, after which the claimer reads nothing
+// of ws. Claimers finish after dropping their queue lock (wake_chain), so leaving on `claimed`
+// would free the node under a claimer still walking its chain. The wait is the claimer's few
+// instructions to finish(); a claimer descheduled by the OS costs a futex sleep, not a spin.
+void await_finish(wait_state& ws) noexcept;
+
 // Blocks the calling G or OS thread on ws until finish() (returns true) or until the
 // CLOCK_MONOTONIC deadline passes with ws unclaimed (returns false; no waker can claim it
 // any more). deadline_ns == 0: no deadline. `unlock` runs once the caller is committed to

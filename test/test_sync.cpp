@@ -475,6 +475,38 @@ TEST_CASE("condition_variable: an OS thread and a G ping-pong", "[cv][thread]") 
   CHECK(r == 2 * rounds);
 }
 
+// Every turn change wakes all waiters, and each woken one re-enqueues and unlocks the mutex
+// before it blocks: notifiers keep claiming nodes whose owners have not blocked yet. Such an
+// owner must stay until its notifier has finished walking the wake chain through its node
+// (ASan reports the node's frame as out of scope otherwise; without ASan, turns are lost).
+TEST_CASE("condition_variable: a waiter notified before it blocks outlives its notifier's chain", "[cv][thread]") {
+  no_procs_env env;
+  const unsigned procs = GENERATE(2u, 4u);
+  const int parties = 6;  // five Gs and one OS thread
+  const int rounds = 3'000 / static_cast<int>(test_scale());
+  const auto r = gort::run(with_procs(procs), [&] {
+    gort::mutex mu;
+    gort::condition_variable cv;
+    long turn = 0;
+    std::vector<int> done(parties, 0);
+    auto party = [&](int me) {
+      for (int i = 0; i < rounds; ++i) {
+        std::unique_lock<gort::mutex> l(mu);
+        cv.wait(l, [&] { return turn % parties == me; });
+        ++turn;
+        ++done[static_cast<std::size_t>(me)];
+        cv.notify_all();
+      }
+    };
+    std::thread t(party, parties - 1);
+    gs(parties - 1, party);
+    t.join();
+    return std::pair(turn, done);
+  });
+  CHECK(r.first == static_cast<long>(parties) * rounds);
+  for (int d : r.second) CHECK(d == rounds);
+}
+
 TEST_CASE("semaphore: at most N holders, and exactly N reached", "[semaphore]") {
   no_procs_env env;
   const unsigned procs = GENERATE(1u, 2u, 4u);
