@@ -3,6 +3,8 @@
 #include "fiber.hpp"
 
 #include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cxxabi.h>
@@ -73,6 +75,26 @@ void fresh_entry(arch::transfer t) {
 
 eh_globals* thread_eh_globals() noexcept {
   return reinterpret_cast<eh_globals*>(abi::__cxa_get_globals());
+}
+
+void forget_stack_shadow([[maybe_unused]] void* lo, [[maybe_unused]] std::size_t size) noexcept {
+#if GORT_ASAN
+  std::size_t scale = 0, offset = 0;
+  __asan_get_shadow_mapping(&scale, &offset);
+  const auto pg = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto a = reinterpret_cast<std::uintptr_t>(lo);
+  const std::uintptr_t sb = (a >> scale) + offset, se = ((a + size) >> scale) + offset;
+  const std::uintptr_t ib = (sb + pg - 1) & ~(pg - 1), ie = se & ~(pg - 1);
+  if (ib >= ie) {
+    ASAN_UNPOISON_MEMORY_REGION(lo, size);
+    return;
+  }
+  // The partial shadow pages at either end through ASan; the whole ones in between dropped.
+  const auto app = [&](std::uintptr_t shadow) { return (shadow - offset) << scale; };
+  ASAN_UNPOISON_MEMORY_REGION(lo, app(ib) - a);
+  ASAN_UNPOISON_MEMORY_REGION(reinterpret_cast<void*>(app(ie)), a + size - app(ie));
+  madvise(reinterpret_cast<void*>(ib), ie - ib, MADV_DONTNEED);
+#endif
 }
 
 void fiber::init(void* lo, std::size_t size, void (*fn)(fiber*, void*), void* arg) {

@@ -42,6 +42,14 @@ struct eh_globals {
 // M caches it once; it must never be cached across a switch by code that may migrate.
 eh_globals* thread_eh_globals() noexcept;
 
+// Under ASan, zeroes the shadow of [lo, lo+size), stack memory about to be unmapped. Frames
+// that never return (every finished fiber's last ones, parked fibers abandoned at shutdown)
+// leave redzones in the shadow, and munmap does not clear it: a thread stack or TLS block
+// mapped there later would be reported as overflowing. The inner shadow pages are given back
+// to the kernel (madvise), not written, so a reservation of many stacks costs nothing to
+// clear. No-op in other builds. `lo` and `size` are page-aligned.
+void forget_stack_shadow(void* lo, std::size_t size) noexcept;
+
 struct fiber;
 using after_fn = void (*)(fiber* left, void* arg);
 

@@ -2,6 +2,7 @@
 #include "stack.hpp"
 
 #include "env.hpp"
+#include "fiber.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -410,6 +411,7 @@ void stack_pool::unmap(chunk* c) noexcept {
     if (s.touched) VALGRIND_STACK_DEREGISTER(s.vg_id);
 #endif
   retract(c->reg);
+  forget_stack_shadow(c->base, c->bytes);
   munmap(c->base, c->bytes);
   release_guards(c->mprotect_guards);
   (c->prev ? c->prev->next : chunks_) = c->next;

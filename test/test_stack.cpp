@@ -20,6 +20,11 @@
 #include <thread>
 #include <vector>
 
+#include "san.hpp"
+#if GORT_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 #include "child.hpp"
 #include "stack.hpp"
 #include "test_util.hpp"
@@ -112,6 +117,28 @@ TEST_CASE("a returned stack comes back without a new mapping", "[stack]") {
   CHECK(p.get().lo == c.lo);
   CHECK(p.get().lo == d.lo);
   CHECK(p.get().lo == b.lo);
+}
+
+// Frames that never return leave ASan redzones in a stack's shadow. Once the pool unmaps the
+// stack, memory mapped at the same addresses (a new thread's stack or TLS) must start clean.
+TEST_CASE("an unmapped stack leaves no ASan poison behind", "[stack][asan]") {
+#if GORT_ASAN
+  stack_pool p(gort::rt::default_stack_size, guard_mode::none);
+  stack s = p.get();
+  auto* lo = static_cast<char*>(s.lo);
+  // Redzones scattered over the stack, as dead frames leave them, and its topmost bytes.
+  for (std::size_t off = 64; off < s.size; off += 5000) ASAN_POISON_MEMORY_REGION(lo + off, 32);
+  ASAN_POISON_MEMORY_REGION(lo + s.size - 256, 256);
+  REQUIRE(__asan_region_is_poisoned(lo, s.size) != nullptr);
+  p.put(s);
+  REQUIRE(p.trim() > 0);
+  void* m = mmap(lo, s.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  REQUIRE(m == lo);
+  CHECK(__asan_region_is_poisoned(m, s.size) == nullptr);
+  munmap(m, s.size);
+#else
+  SKIP("ASan builds only");
+#endif
 }
 
 TEST_CASE("stacks have the documented geometry, owners and guard lookup", "[stack]") {
