@@ -11,6 +11,8 @@
 // Inside the call the thread behaves as a plain OS thread (no current G, no P): its P may be
 // in use elsewhere at any moment, so runtime code reached from inside the call must not touch
 // it. gort primitives used from there block the thread, as they would on any foreign thread.
+#include "blocking.hpp"
+
 #include "gort/gort.hpp"
 #include "m.hpp"
 #include "g.hpp"
@@ -25,6 +27,40 @@ namespace {
 void requeue_commit(fiber* f, void*) { requeue(g_of(f), queue_at::back); }
 
 }  // namespace
+
+void syscall_leave(m* mp, p* pp) noexcept {
+  mp->oldp = pp;
+  mp->curp = nullptr;
+  const std::uint32_t tick = pp->syscalltick.load(std::memory_order_relaxed) + 1;
+  pp->syscalltick.store(tick, std::memory_order_relaxed);
+  mp->oldp_word = psyscall_word(tick);
+  pp->status.store(mp->oldp_word, std::memory_order_release);  // from here sysmon may retake pp
+}
+
+void syscall_return(m* mp, g* gp) noexcept {
+  p* pp = std::exchange(mp->oldp, nullptr);
+  std::uint32_t s = mp->oldp_word;
+  if (pp->status.compare_exchange_strong(s, prunning, std::memory_order_acq_rel)) {
+    // Nobody took it: carry on where we were (same time slice, same tick), unless sysmon saw
+    // the slice run out meanwhile (a G making short calls back to back): then yield now.
+    mp->curp = pp;
+    mp->curg = gp;
+    preempt_check();
+    return;
+  }
+  // sysmon handed our P to another M meanwhile.
+  if (p* np = take_idle_p(pp)) {
+    acquirep(mp, np);
+    resume_on(mp, gp);
+    return;
+  }
+  // No P anywhere: off to the global queue, and this M waits for work (or, if the G is wired
+  // to it, for the G to come round again).
+  mp->curg = gp;  // curp stays null: the preemption handler leaves a P-less M alone
+  set_status(gp, gstatus::running, gstatus::runnable);
+  leave_to(mp, gp, nullptr, {requeue_commit, nullptr}, leave_mode::resumable);
+}
+
 }  // namespace rt
 
 namespace detail {
@@ -41,41 +77,14 @@ void* blocking_enter() noexcept {
     pp->defer_wake.store(0, std::memory_order_relaxed);
     rt::wakep();
   }
-  mp->oldp = pp;
   mp->curg = nullptr;
-  mp->curp = nullptr;
-  const std::uint32_t tick = pp->syscalltick.load(std::memory_order_relaxed) + 1;
-  pp->syscalltick.store(tick, std::memory_order_relaxed);
-  mp->oldp_word = rt::psyscall_word(tick);
-  pp->status.store(mp->oldp_word, std::memory_order_release);
+  rt::syscall_leave(mp, pp);
   return gp;
 }
 
 void blocking_exit(void* token) noexcept {
   if (!token) return;
-  auto* gp = static_cast<rt::g*>(token);
-  rt::m* mp = rt::getm();
-  rt::p* pp = std::exchange(mp->oldp, nullptr);
-  std::uint32_t s = mp->oldp_word;
-  if (pp->status.compare_exchange_strong(s, rt::prunning, std::memory_order_acq_rel)) {
-    // Nobody took it: carry on where we were (same time slice, same tick), unless sysmon saw
-    // the slice run out meanwhile (a G making short calls back to back): then yield now.
-    mp->curp = pp;
-    mp->curg = gp;
-    rt::preempt_check();
-    return;
-  }
-  // sysmon handed our P to another M meanwhile.
-  if (rt::p* np = rt::take_idle_p(pp)) {
-    rt::acquirep(mp, np);
-    rt::resume_on(mp, gp);
-    return;
-  }
-  // No P anywhere: off to the global queue, and this M waits for work (or, if the G is wired
-  // to it, for the G to come round again).
-  mp->curg = gp;  // curp stays null: the preemption handler leaves a P-less M alone
-  rt::set_status(gp, rt::gstatus::running, rt::gstatus::runnable);
-  rt::leave_to(mp, gp, nullptr, {rt::requeue_commit, nullptr}, rt::leave_mode::resumable);
+  rt::syscall_return(rt::getm(), static_cast<rt::g*>(token));
 }
 
 }  // namespace detail

@@ -315,6 +315,9 @@ void body_done(g* gp) {
 }
 
 [[noreturn]] void goexit(g* gp) {
+  // A G found asleep in the kernel (kernel_wait.cpp) takes a P back first: its exit is a
+  // runtime call like any other. It may go on on another M.
+  (void)getm();
   gp->nopreempt.store(1, std::memory_order_relaxed);  // runtime code from here on
   if (gp->lockedm) {
     // Still locked (lock_os_thread without unlock): the wiring ends with the G.

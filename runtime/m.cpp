@@ -328,6 +328,7 @@ void mexit(m* mp) {
 void mstart(m* mp) {
   setm(mp);
   mp->tid = static_cast<unsigned long>(pthread_self());
+  mp->has_cpuclock = pthread_getcpuclockid(pthread_self(), &mp->cpuclock) == 0;
   mp->g0.init_thread();
   mp->eh = thread_eh_globals();
   ensure_altstack();

@@ -66,6 +66,7 @@
 #include "gort/gort.hpp"
 #include "preempt.hpp"
 
+#include "kernel_wait.hpp"
 #include "m.hpp"
 #include "proc.hpp"
 #include "sysmon.hpp"
@@ -133,12 +134,24 @@ void on_sigurg(int sig, siginfo_t* info, void* uctx) {
     // A request that is no longer current (the G reached the scheduler since, or the M has
     // moved on) or a G that cannot be stopped now is left alone: sysmon asks again if needed.
     // Either way the signal was gort's and goes no further.
+    // A G found asleep in a system call loses its P instead of being held (kernel_wait.cpp):
+    // holding it would requeue it as runnable and keep an M for a G that cannot run anyway.
     const int saved_errno = errno;
-    m* mp = getm();
+    m* mp = getm_raw();
     g* gp = mp ? mp->curg : nullptr;
-    p* pp = mp ? mp->curp : nullptr;
-    if (gp && pp && requested(pp) && gp->nopreempt.load(std::memory_order_relaxed) == 0)
-      hold_for_preemption(mp, gp, pp);
+    if (gp && gp->nopreempt.load(std::memory_order_relaxed) == 0) {
+      if (mp->kstate.load(std::memory_order_relaxed)) {
+        // sysmon saw this P-less G use CPU: back to a P, unless it is in the kernel again.
+        if (!in_syscall(uctx)) kernel_rejoin_in_signal(mp, gp);
+      } else if (p* pp = mp->curp) {
+        const std::uint32_t tick = pp->schedtick.load(std::memory_order_relaxed);
+        const bool preempt = requested(pp);
+        if ((preempt || pp->kprobe_req.load(std::memory_order_relaxed) == tick) && in_syscall(uctx))
+          kernel_enter(mp, gp, pp);
+        else if (preempt)
+          hold_for_preemption(mp, gp, pp);
+      }
+    }
     errno = saved_errno;
     return;
   }

@@ -15,6 +15,7 @@
 #include "alloc.hpp"
 #include "clock.hpp"
 #include "g.hpp"
+#include "kernel_wait.hpp"
 #include "m.hpp"
 #include "pin.hpp"
 #include "timer_sleeper.hpp"
@@ -35,6 +36,17 @@ __attribute__((tls_model("initial-exec"))) thread_local m* tls_m = nullptr;
 m* getm() noexcept {
   // The asm makes this function opaque: no caller may cache its result across a switch, and
   // the compiler cannot prove it pure and merge two calls. (docs/design.md "Thread-local state")
+  asm volatile("" ::: "memory");
+  m* mp = tls_m;
+  // The G was found asleep in a system call and lost its P (kernel_wait.cpp): this runtime
+  // call is where it takes one back. Set only while the G runs its own code, so this is the
+  // first runtime call since; runtime code never sees it set.
+  if (mp && mp->kstate.load(std::memory_order_relaxed)) [[unlikely]]
+    return kernel_rejoin(mp);
+  return mp;
+}
+
+m* getm_raw() noexcept {
   asm volatile("" ::: "memory");
   return tls_m;
 }
@@ -586,6 +598,8 @@ void leave_to(m* mp, g* gp, g* next, transition tr, leave_mode mode) {
 
 void leave(g* gp, transition tr, leave_mode mode) {
   m* mp = gp->curm;
+  GORT_ASSERT(mp == getm_raw() && mp->curp && !mp->kstate.load(std::memory_order_relaxed),
+              "G %llu leaves from a thread that does not run it with a P", static_cast<unsigned long long>(gp->id));
   leave_to(mp, gp, next_here(mp, mode == leave_mode::dying), tr, mode);
 }
 

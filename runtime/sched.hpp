@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <ctime>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -149,6 +150,9 @@ struct p {
   // to spot a G that overstays its time slice, or a blocking call that lasts more than a tick.
   std::atomic<std::uint32_t> schedtick{0};
   std::atomic<std::uint32_t> syscalltick{0};
+  // sysmon asks the handler to look whether the G of slice `schedtick == kprobe_req` sleeps in
+  // a system call, and if so to let the P go (kernel_wait.cpp).
+  std::atomic<std::uint32_t> kprobe_req{~0u};
   // sysmon asks the G of slice `schedtick == preempt_req` to yield. A later schedule changes
   // schedtick, which cancels a stale request without anyone writing here.
   std::atomic<std::uint32_t> preempt_req{~0u};
@@ -216,6 +220,19 @@ struct m {
   std::vector<ring_watch> watch;
   p* oldp = nullptr;      // the P held when the current blocking call began
   std::uint32_t oldp_word = 0;  // the status word that call gave oldp (psyscall_word)
+  // A G found asleep in a plain system call (kernel_wait.cpp): 1 while the preemption handler
+  // has put this M in the blocking-call state (oldp, oldp_word, curp null) with curg kept, so
+  // that the G, back in its own code, is still the current G. Taken back to 0 (an exchange:
+  // exactly once) by whoever returns the G to a P: its next runtime call (getm) or the
+  // handler, at sysmon's request. Set only while the G runs its own code (nopreempt == 0).
+  std::atomic<std::uint32_t> kstate{0};
+  std::atomic<std::uint32_t> kepoch{0};  // bumped at every such conversion
+  // This thread's CPU-time clock, sampled by sysmon (valid once has_cpuclock, set by mstart).
+  clockid_t cpuclock{};
+  bool has_cpuclock = false;
+  // sysmon's own, for an M in kstate: the episode it last saw and the M's CPU time then.
+  std::uint32_t kepoch_seen = 0;
+  std::int64_t kcpu_base = -1;
 
   void nextp_store(p* pp) noexcept { nextp.store(pp, std::memory_order_release); }
   p* nextp_take() noexcept { return nextp.exchange(nullptr, std::memory_order_acq_rel); }
@@ -289,6 +306,10 @@ struct sched_t {
   // retaken from blocking calls.
   std::atomic<std::uint64_t> npreempted{0};
   std::atomic<std::uint64_t> nretaken{0};
+  // Gs found asleep in a plain system call and put in the blocking state (kernel_wait.cpp):
+  // how many so far, and how many Ms are in that state now (sysmon watches them while > 0).
+  std::atomic<std::uint64_t> nkernel_found{0};
+  std::atomic<std::uint32_t> nkernel{0};
 
   // Deadlock detection (deadlock.cpp). main_g: the main G while it has not finished.
   std::atomic<g*> main_g{nullptr};
@@ -326,6 +347,9 @@ inline void foreign_leave() noexcept { sched.foreign.fetch_sub(1, std::memory_or
 // on another thread after any switch, and compilers cache thread-pointer arithmetic across
 // calls, so this is an opaque call every time (see docs/design.md "Thread-local state").
 m* getm() noexcept;
+// getm without returning a G found asleep in the kernel to a P (kernel_wait.cpp): for the
+// preemption handler, which decides that itself, and for kernel_wait.cpp.
+m* getm_raw() noexcept;
 // The calling thread becomes the M mp (null: no M any more); mstart and mexit.
 void setm(m* mp) noexcept;
 inline g* getg() noexcept {

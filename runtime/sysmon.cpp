@@ -47,6 +47,7 @@
 
 #include "deadlock.hpp"
 #include "g.hpp"
+#include "kernel_wait.hpp"
 #include "m.hpp"
 #include "preempt.hpp"
 #include "proc.hpp"
@@ -67,7 +68,24 @@ struct psample {
   std::uint32_t syscalltick = 0;
   bool in_syscall = false;  // the last look saw this syscalltick inside a blocking call
   std::int64_t signalled = 0;
+  // The running M's CPU time at the last look (-1: unknown), for spotting a G asleep in the
+  // kernel (kernel_wait.cpp); the slice and time of the last probe; and the syscalltick a
+  // probe's conversion will give the P, which the next look then retakes at once.
+  std::int64_t cpu = -1;
+  m* cpu_m = nullptr;
+  std::uint32_t probed = ~0u;
+  std::int64_t probed_at = 0;
+  std::uint32_t kcall = 0;
+  bool kexpect = false;
 };
+
+// Whether taking the P from a G asleep in the kernel is worth a signal: the P has other work
+// (queued Gs here or globally, timers), or the G has held it for a whole slice. Otherwise the
+// G gets it back for free when its call returns, as Go's retake leaves such a P alone.
+bool kernel_probe_worth(p* pp, std::int64_t stuck_ns) {
+  return !pp->q.empty() || global_queue_hint() != 0 || pp->tm.next() != 0 ||
+         stuck_ns >= sched.time_slice_ns;
+}
 
 // A pointer, never a static std::thread: exit() (from a G, or from any thread while a runtime
 // runs) destroys statics, and a joinable std::thread's destructor calls std::terminate, which
@@ -135,7 +153,10 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
         acted = true;
       }
       std::uint32_t t = pp->syscalltick.load(std::memory_order_relaxed);
-      if (!s.in_syscall || t != s.syscalltick) {
+      // A G the handler found asleep in the kernel (our probe): a real wait, retaken at once.
+      const bool found = s.kexpect && t == s.kcall;
+      s.kexpect = false;
+      if (!found && (!s.in_syscall || t != s.syscalltick)) {
         s.syscalltick = t;
         s.in_syscall = true;
         continue;
@@ -166,11 +187,31 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
     const std::int64_t stamp = pp->stamp_ns.load(std::memory_order_relaxed);
     if (now - stamp > fresh_ns) *stale = true;
     std::uint32_t t = pp->schedtick.load(std::memory_order_relaxed);
+    // The M's CPU time since the last look, if that look saw the same M (kernel_wait.cpp).
+    const std::int64_t cpu = thread_cpu_ns(mp);
+    const std::int64_t ran = (s.cpu_m == mp && s.cpu >= 0 && cpu >= 0) ? cpu - s.cpu : -1;
+    s.cpu = cpu;
+    s.cpu_m = mp;
+    s.kexpect = false;
     if (t != s.schedtick || s.schedwhen == 0) {
       s.schedtick = t;
       s.schedwhen = std::max(prev ? prev : now, std::min(stamp, now));
       s.signalled = 0;
     } else {
+      // The same G ran since the last look but its thread got under half the time: asleep in
+      // the kernel, or waiting for a CPU. The handler tells which (kernel_wait.cpp), and lets
+      // the P go in the first case. Asked at most once a resignal_ns per slice.
+      if (sched.async_preempt && ran >= 0 && ran * 2 < now - prev &&
+          (s.probed != t || now - s.probed_at >= resignal_ns) && kernel_probe_worth(pp, now - s.schedwhen)) {
+        pp->kprobe_req.store(t, std::memory_order_relaxed);
+        s.probed = t;
+        s.probed_at = now;
+        s.kcall = pp->syscalltick.load(std::memory_order_relaxed) + 1;
+        s.kexpect = true;
+        preempt_m(mp);
+        acted = true;
+        continue;
+      }
       // Backstop for a deferred wake-up (proc.cpp, ready): the readier went on computing
       // without a runtime call, and its hand-off waits while Ps may be idle. A thief's grace
       // check sees the tick standing still and takes it.
@@ -226,9 +267,11 @@ void sysmon_main() {
       next_scavenge = nanotime() + scavenge_period;
     }
     // Every P idle: sleep until one is taken (pidle_taken), with no timeout at all, unless
-    // dead Gs beyond the scavenger's reserve are cached: then until the next scavenge.
+    // dead Gs beyond the scavenger's reserve are cached: then until the next scavenge. Not
+    // while a G found asleep in the kernel has no P (kernel_wait.cpp): back in its own code it
+    // may compute without a runtime call, and only sysmon's look brings it back to a P.
     if (sched.npidle.load(std::memory_order_seq_cst) == sched.nprocs &&
-        running()) {
+        sched.nkernel.load(std::memory_order_seq_cst) == 0 && running()) {
       sched.sysmon_note.clear();
       // Before sysmon_wait: a P taken from here on stores a later time (pidle_taken).
       sched.sysmon_since.store(nanotime(), std::memory_order_relaxed);
@@ -255,7 +298,14 @@ void sysmon_main() {
     std::int64_t deadline = now + long_cap;
     const std::int64_t prev = std::exchange(last_look, now);
     bool stale = false;
-    if (retake(samples, now, prev, short_cap, &deadline, &stale)) {
+    bool acted = retake(samples, now, prev, short_cap, &deadline, &stale);
+    // Gs back from the kernel without a P (kernel_wait.cpp): while one computes, look often.
+    if (sched.nkernel.load(std::memory_order_relaxed) != 0 && watch_kernel_ms()) stale = true;
+    // Backstop for a G such a handler queued globally while a P was going idle.
+    if (global_queue_hint() != 0 && sched.npidle.load(std::memory_order_relaxed) != 0 &&
+        sched.nmspinning.load(std::memory_order_relaxed) == 0)
+      wakep();
+    if (acted) {
       idle = 0;
       sleep = look_interval_ns;
     } else if (++idle > idle_ticks_before_backoff) {

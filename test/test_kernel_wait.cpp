@@ -1,0 +1,199 @@
+// A G asleep in the kernel outside gort::blocking (runtime/kernel_wait.cpp): a plain read(), a
+// poll() that returns EINTR, a contended std::mutex. Its P goes on to the Gs behind it without
+// a time slice's wait and without the G being requeued as runnable; back in its own code it
+// takes a P again, at its next runtime call or, computing without one, on sysmon's signal.
+#include <catch2/catch_test_macros.hpp>
+#include <poll.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <mutex>
+#include <vector>
+
+#include "gort/gort.hpp"
+#include "sched.hpp"
+#include "test_util.hpp"
+
+using namespace std::chrono_literals;
+using gort::rt::sched;
+
+namespace {
+
+struct pipe_fds {
+  int r = -1, w = -1;
+  pipe_fds() {
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    r = fds[0];
+    w = fds[1];
+  }
+  ~pipe_fds() {
+    close(r);
+    close(w);
+  }
+};
+
+gort::config one_proc() {
+  gort::config c = with_procs(1);
+  c.detect_deadlock = false;  // the reader's release comes from a plain thread's write
+  return c;
+}
+
+// `n` Gs yield `each` times; returns when all are done.
+void yielders(int n, int each, std::atomic<long>& total) {
+  gort::wait_group wg;
+  wg.add(n);
+  for (int i = 0; i < n; ++i)
+    gort::go([&] {
+      for (int k = 0; k < each; ++k) {
+        total.fetch_add(1, std::memory_order_relaxed);
+        gort::yield();
+      }
+      wg.done();
+    });
+  wg.wait();
+}
+
+}  // namespace
+
+TEST_CASE("a G asleep in a plain read() lets the Gs behind it run, and is not held", "[kernel]") {
+  clean_env env;
+  const int rounds = 5;
+  for (int round = 0; round < rounds; ++round) {
+    pipe_fds p;
+    const auto found0 = sched.nkernel_found.load();
+    const auto held0 = sched.npreempted.load();
+    long total_seen = 0;
+    char got = 0;
+    gort::run(one_proc(), [&] {
+      std::atomic<bool> reading{false};
+      gort::wait_group rd;
+      rd.add(1);
+      gort::go([&] {
+        reading.store(true);
+        char c = 0;
+        ssize_t n;
+        do n = read(p.r, &c, 1);
+        while (n < 0 && errno == EINTR);
+        got = n == 1 ? c : '?';
+        rd.done();
+      });
+      while (!reading.load()) gort::yield();
+      // The reader runs on the only P; these can run only once it has let the P go.
+      std::atomic<long> total{0};
+      yielders(4, 20'000 / static_cast<int>(test_scale()), total);
+      total_seen = total.load();
+      // The reader is still in its call, and was never stopped for overstaying its slice.
+      CHECK(got == 0);
+      CHECK(sched.npreempted.load() == held0);
+      REQUIRE(write(p.w, "x", 1) == 1);
+      rd.wait();
+    });
+    CHECK(got == 'x');
+    CHECK(total_seen == 4 * (20'000 / test_scale()));
+    CHECK(sched.nkernel_found.load() > found0);
+  }
+}
+
+TEST_CASE("a G back from the kernel computing without runtime calls gets a P again", "[kernel]") {
+  clean_env env;
+  for (int round = 0; round < 5; ++round) {
+    pipe_fds p;
+    bool rejoined = false;
+    gort::run(one_proc(), [&] {
+      std::atomic<bool> reading{false};
+      gort::wait_group wg;
+      wg.add(1);
+      gort::go([&] {
+        reading.store(true);
+        char c = 0;
+        ssize_t n;
+        do n = read(p.r, &c, 1);
+        while (n < 0 && errno == EINTR);
+        // Back in its own code with no P. No runtime call here: only sysmon's signal can give
+        // it one, which clears the state. The deadline only bounds the test.
+        const auto give_up = std::chrono::steady_clock::now() + 20s;
+        while (sched.nkernel.load(std::memory_order_relaxed) != 0 && std::chrono::steady_clock::now() < give_up) {
+        }
+        rejoined = sched.nkernel.load() == 0;
+        wg.done();
+      });
+      while (!reading.load()) gort::yield();
+      // Let the P go to us: wait until the reader has been found asleep.
+      const auto give_up = std::chrono::steady_clock::now() + 20s;
+      while (sched.nkernel.load() == 0 && std::chrono::steady_clock::now() < give_up) gort::yield();
+      REQUIRE(sched.nkernel.load() == 1);
+      REQUIRE(write(p.w, "x", 1) == 1);
+      wg.wait();
+    });
+    CHECK(rejoined);
+  }
+}
+
+TEST_CASE("a poll() interrupted with EINTR and retried loses its P the same way", "[kernel]") {
+  clean_env env;
+  pipe_fds p;
+  const auto found0 = sched.nkernel_found.load();
+  int polled = 0;
+  long total_seen = 0;
+  gort::run(one_proc(), [&] {
+    std::atomic<bool> polling{false};
+    gort::wait_group wg;
+    wg.add(1);
+    gort::go([&] {
+      polling.store(true);
+      pollfd fd{p.r, POLLIN, 0};
+      int n;
+      do n = poll(&fd, 1, -1);
+      while (n < 0 && errno == EINTR);
+      polled = n;
+      wg.done();
+    });
+    while (!polling.load()) gort::yield();
+    std::atomic<long> total{0};
+    yielders(4, 10'000 / static_cast<int>(test_scale()), total);
+    total_seen = total.load();
+    REQUIRE(write(p.w, "x", 1) == 1);
+    wg.wait();
+  });
+  CHECK(polled == 1);
+  CHECK(total_seen == 4 * (10'000 / test_scale()));
+  CHECK(sched.nkernel_found.load() > found0);
+}
+
+// Gs taking turns on a std::mutex with busy critical sections, on one P and with few threads
+// allowed: the waiters sleep in the kernel on the mutex's futex; each loses its P so the holder
+// (and the rest) can go on. Every section is counted exactly once.
+TEST_CASE("Gs convoying on a std::mutex complete with few threads", "[kernel]") {
+  clean_env env;
+  const int gs = 20;
+  const int each = 40 / static_cast<int>(test_scale()) + 1;
+  for (unsigned procs : {1u, 2u}) {
+    std::mutex mu;
+    long inside = 0, sections = 0, overlap = 0;
+    gort::config c = with_procs(procs);
+    c.max_threads = 30;
+    gort::run(c, [&] {
+      gort::wait_group wg;
+      wg.add(gs);
+      for (int i = 0; i < gs; ++i)
+        gort::go([&] {
+          for (int k = 0; k < each; ++k) {
+            std::lock_guard<std::mutex> l(mu);
+            if (inside++ != 0) ++overlap;
+            const auto until = std::chrono::steady_clock::now() + 200us;
+            while (std::chrono::steady_clock::now() < until) {
+            }
+            ++sections;
+            --inside;
+          }
+          wg.done();
+        });
+      wg.wait();
+    });
+    CHECK(sections == gs * each);
+    CHECK(overlap == 0);
+  }
+}
