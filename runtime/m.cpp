@@ -191,6 +191,11 @@ m* newm(p* pp, spin spinning) {
   return mp;
 }
 
+bool m_available() {
+  spin_guard l(sched.lock);
+  return sched.nmidle != 0 || sched.ms.size() < sched.max_threads || globrunq_find_wired(false);
+}
+
 // With spin::yes the caller has already counted the new M in nmspinning.
 void startm(p* pp, spin spinning) {
   m* nm;
@@ -211,6 +216,23 @@ void startm(p* pp, spin spinning) {
     }
   }
   if (!nm) {
+    // At the thread limit, an M already waiting for a P to run its wired G (a G held for
+    // preemption, back from the kernel, or locked to its thread) takes this one, with the G:
+    // no new thread needed. Without this a G holding a lock and waiting for a P would wait for
+    // ever behind Ps whose Gs wait for that lock (the std::mutex convoy at max_threads).
+    m* lm = nullptr;
+    {
+      spin_guard l(sched.lock);
+      if (sched.ms.size() >= sched.max_threads)
+        if (g* wg = globrunq_find_wired(true)) lm = wg->lockedm;
+      if (lm && spinning == spin::yes && sched.nmspinning.fetch_sub(1, std::memory_order_seq_cst) == 0)
+        GORT_THROW("nmspinning went negative");
+    }
+    if (lm) {
+      lm->nextp_store(pp);
+      lm->park.wakeup();
+      return;
+    }
     newm(pp, spinning);
     return;
   }

@@ -20,6 +20,11 @@ void startm(p* pp, spin spinning);
 // Finds a user for a P whose M cannot run Gs on it now (blocking call, held for preemption,
 // wired to a G that is not runnable).
 void handoffp(p* pp);
+// Whether a P handed on now would find an M without going over config.max_threads: an idle M,
+// or room for a new one. A hint (the answer may change at once); sysmon asks before it takes a
+// P from a G asleep in a plain system call, which is an optimisation, never worth the fatal
+// error that needing more than max_threads Ms is.
+bool m_available();
 // Parks mp until startm hands it a P (true) or the runtime stops (false).
 bool stopm(m* mp);
 // Sleeps on mp's note until a P is handed to it or the runtime stops (null). Atomics and futex

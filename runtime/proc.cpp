@@ -112,6 +112,22 @@ void globrunqput(g* gp) {
   globrunqput_batch(gp, gp, 1);
 }
 
+g* globrunq_find_wired(bool take) {
+  sched.lock.assert_held();
+  g* prev = nullptr;
+  for (g* gp = sched.ghead; gp; prev = gp, gp = gp->schedlink) {
+    if (!gp->lockedm) continue;
+    if (take) {
+      (prev ? prev->schedlink : sched.ghead) = gp->schedlink;
+      if (sched.gtail == gp) sched.gtail = prev;
+      gp->schedlink = nullptr;
+      sched.nglobal.fetch_sub(1, std::memory_order_relaxed);
+    }
+    return gp;
+  }
+  return nullptr;
+}
+
 namespace {
 
 // Takes a fair share of the global queue: the first is returned, the rest go to pp's ring,

@@ -36,6 +36,9 @@ void wakep() noexcept;
 // empty runnext and the ring got nothing.
 bool runqput(p* pp, g* gp, queue_at where);
 void globrunqput(g* gp);
+// The first G in the global queue wired to an M (lockedm), which waits for a P to run it;
+// unlinked if `take`. A walk of the queue: for the thread limit's slow path only (m.cpp).
+g* globrunq_find_wired(bool take) GORT_REQUIRES(sched.lock);
 // The global queue's length, a hint read without the lock.
 inline std::uint32_t global_queue_hint() noexcept {
   return sched.nglobal.load(std::memory_order_acquire);

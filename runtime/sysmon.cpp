@@ -161,7 +161,12 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
         s.in_syscall = true;
         continue;
       }
-      // The same call on two looks, at least a tick apart: the P is wasted where it is.
+      // The same call on two looks, at least a tick apart: the P is wasted where it is. For a
+      // G found asleep in a plain call only if an M can take the P within max_threads: that
+      // hand-off is an optimisation, and the call gives the P back when it returns.
+      if (m* cm = pp->curm.load(std::memory_order_relaxed);
+          cm && cm->kstate.load(std::memory_order_relaxed) && !m_available())
+        continue;
       std::uint32_t expect = st;
       if (pp->status.compare_exchange_strong(expect, pidle, std::memory_order_acq_rel)) {
         pp->curm.store(nullptr, std::memory_order_relaxed);
@@ -202,7 +207,8 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
       // the kernel, or waiting for a CPU. The handler tells which (kernel_wait.cpp), and lets
       // the P go in the first case. Asked at most once a resignal_ns per slice.
       if (sched.async_preempt && ran >= 0 && ran * 2 < now - prev &&
-          (s.probed != t || now - s.probed_at >= resignal_ns) && kernel_probe_worth(pp, now - s.schedwhen)) {
+          (s.probed != t || now - s.probed_at >= resignal_ns) && kernel_probe_worth(pp, now - s.schedwhen) &&
+          m_available()) {
         pp->kprobe_req.store(t, std::memory_order_relaxed);
         s.probed = t;
         s.probed_at = now;

@@ -163,18 +163,20 @@ TEST_CASE("a poll() interrupted with EINTR and retried loses its P the same way"
   CHECK(sched.nkernel_found.load() > found0);
 }
 
-// Gs taking turns on a std::mutex with busy critical sections, on one P and with few threads
-// allowed: the waiters sleep in the kernel on the mutex's futex; each loses its P so the holder
-// (and the rest) can go on. Every section is counted exactly once.
+// Gs taking turns on a std::mutex with busy critical sections, on one P and with far fewer
+// threads allowed than Gs: the waiters sleep in the kernel on the mutex's futex; each loses its
+// P so the holder (and the rest) can go on, until the thread limit; from there a P retaken goes
+// to an M that waits to run its own G (one back from the kernel holding the mutex, say), which
+// needs no new thread. Every section is counted exactly once.
 TEST_CASE("Gs convoying on a std::mutex complete with few threads", "[kernel]") {
   clean_env env;
-  const int gs = 20;
-  const int each = 40 / static_cast<int>(test_scale()) + 1;
+  const int gs = 40;
+  const int each = 20 / static_cast<int>(test_scale()) + 1;
   for (unsigned procs : {1u, 2u}) {
     std::mutex mu;
     long inside = 0, sections = 0, overlap = 0;
     gort::config c = with_procs(procs);
-    c.max_threads = 30;
+    c.max_threads = 12;
     gort::run(c, [&] {
       gort::wait_group wg;
       wg.add(gs);
@@ -183,7 +185,7 @@ TEST_CASE("Gs convoying on a std::mutex complete with few threads", "[kernel]") 
           for (int k = 0; k < each; ++k) {
             std::lock_guard<std::mutex> l(mu);
             if (inside++ != 0) ++overlap;
-            const auto until = std::chrono::steady_clock::now() + 200us;
+            const auto until = std::chrono::steady_clock::now() + 100us;
             while (std::chrono::steady_clock::now() < until) {
             }
             ++sections;
