@@ -12,6 +12,7 @@
 // in use elsewhere at any moment, so runtime code reached from inside the call must not touch
 // it. gort primitives used from there block the thread, as they would on any foreign thread.
 #include "gort/gort.hpp"
+#include "boot.hpp"
 #include "m.hpp"
 #include "g.hpp"
 #include "proc.hpp"
@@ -47,6 +48,8 @@ void* blocking_enter() noexcept {
   const std::uint32_t tick = pp->syscalltick.load(std::memory_order_relaxed) + 1;
   pp->syscalltick.store(tick, std::memory_order_relaxed);
   mp->oldp_word = rt::psyscall_word(tick);
+  mp->callg = gp;  // for shutdown, which may leave this M in its call (boot.cpp)
+  mp->call.store(2 * ++mp->ncalls, std::memory_order_release);
   pp->status.store(mp->oldp_word, std::memory_order_release);
   return gp;
 }
@@ -62,10 +65,13 @@ void blocking_exit(void* token) noexcept {
     // the slice run out meanwhile (a G making short calls back to back): then yield now.
     mp->curp = pp;
     mp->curg = gp;
+    mp->call.store(0, std::memory_order_relaxed);
     rt::preempt_check();
     return;
   }
-  // sysmon handed our P to another M meanwhile.
+  // sysmon (or shutdown) took our P meanwhile. If shutdown has left this M in its call, the
+  // runtime it belonged to may be gone: touch nothing of it and stay here (abandoned_in_call).
+  if (mp->call.exchange(0, std::memory_order_acq_rel) & 1) rt::abandoned_in_call();
   if (rt::p* np = rt::take_idle_p(pp)) {
     rt::acquirep(mp, np);
     rt::resume_on(mp, gp);

@@ -100,6 +100,20 @@ void globrunqput(g* gp) {
   globrunqput_batch(gp, gp, 1);
 }
 
+bool globrunqremove(g* gp) {
+  sched.lock.assert_held();
+  g* prev = nullptr;
+  for (g* q = sched.ghead; q; prev = q, q = q->schedlink) {
+    if (q != gp) continue;
+    (prev ? prev->schedlink : sched.ghead) = q->schedlink;
+    if (sched.gtail == q) sched.gtail = prev;
+    q->schedlink = nullptr;
+    sched.nglobal.fetch_sub(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
 namespace {
 
 // Takes a fair share of the global queue: the first is returned, the rest go to pp's ring,

@@ -36,6 +36,8 @@ void wakep() noexcept;
 // empty runnext and the ring got nothing.
 bool runqput(p* pp, g* gp, queue_at where);
 void globrunqput(g* gp);
+// Takes gp out of the global queue if it is there (O(queue); shutdown only: preempt.cpp).
+bool globrunqremove(g* gp) GORT_REQUIRES(sched.lock);
 // The global queue's length, a hint read without the lock.
 inline std::uint32_t global_queue_hint() noexcept {
   return sched.nglobal.load(std::memory_order_acquire);
