@@ -14,6 +14,7 @@
 #include "blocking.hpp"
 
 #include "gort/gort.hpp"
+#include "boot.hpp"
 #include "m.hpp"
 #include "g.hpp"
 #include "proc.hpp"
@@ -28,12 +29,14 @@ void requeue_commit(fiber* f, void*) { requeue(g_of(f), queue_at::back); }
 
 }  // namespace
 
-void syscall_leave(m* mp, p* pp) noexcept {
+void syscall_leave(m* mp, p* pp, g* gp) noexcept {
   mp->oldp = pp;
   mp->curp = nullptr;
   const std::uint32_t tick = pp->syscalltick.load(std::memory_order_relaxed) + 1;
   pp->syscalltick.store(tick, std::memory_order_relaxed);
   mp->oldp_word = psyscall_word(tick);
+  mp->callg = gp;  // for shutdown, which may leave this M in its call (boot.cpp)
+  mp->call.store(2 * ++mp->ncalls, std::memory_order_release);
   pp->status.store(mp->oldp_word, std::memory_order_release);  // from here sysmon may retake pp
 }
 
@@ -45,10 +48,13 @@ void syscall_return(m* mp, g* gp) noexcept {
     // the slice run out meanwhile (a G making short calls back to back): then yield now.
     mp->curp = pp;
     mp->curg = gp;
+    mp->call.store(0, std::memory_order_relaxed);
     preempt_check();
     return;
   }
-  // sysmon handed our P to another M meanwhile.
+  // sysmon (or shutdown) took our P meanwhile. If shutdown has left this M in its call, the
+  // runtime it belonged to may be gone: touch nothing of it and stay here (abandoned_in_call).
+  if (mp->call.exchange(0, std::memory_order_acq_rel) & 1) abandoned_in_call();
   if (p* np = take_idle_p(pp)) {
     acquirep(mp, np);
     resume_on(mp, gp);
@@ -78,7 +84,7 @@ void* blocking_enter() noexcept {
     rt::wakep();
   }
   mp->curg = nullptr;
-  rt::syscall_leave(mp, pp);
+  rt::syscall_leave(mp, pp, gp);
   return gp;
 }
 

@@ -8,8 +8,9 @@ namespace gort::rt {
 
 // mp, holding pp, enters the blocking-call state: pp is marked psyscall with a new
 // syscalltick (the word goes to mp->oldp_word) and let go (curp null); sysmon may retake it
-// from the status store on. The caller deals with curg.
-void syscall_leave(m* mp, p* pp) noexcept;
+// from the status store on. gp is the G making the call (m::callg, for shutdown); the caller
+// deals with curg.
+void syscall_leave(m* mp, p* pp, g* gp) noexcept;
 
 // mp is in the blocking-call state (no G, no P; oldp and oldp_word name the P the call let
 // go) and gp, the G that made the call, runs on mp's thread again: takes oldp back if nobody

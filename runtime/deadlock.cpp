@@ -38,6 +38,22 @@ int count_threads() noexcept {
   return n;
 }
 
+void describe_site(const void* at, char* buf, std::size_t n) noexcept {
+  Dl_info info{};
+  if (at && dladdr(at, &info) && info.dli_fname) {
+    const char* base = std::strrchr(info.dli_fname, '/');
+    base = base ? base + 1 : info.dli_fname;
+    if (info.dli_sname)
+      std::snprintf(buf, n, "%s+0x%lx (%s)", info.dli_sname,
+                    static_cast<unsigned long>(static_cast<const char*>(at) - static_cast<const char*>(info.dli_saddr)), base);
+    else
+      std::snprintf(buf, n, "%s+0x%lx", base,
+                    static_cast<unsigned long>(static_cast<const char*>(at) - static_cast<const char*>(info.dli_fbase)));
+  } else {
+    std::snprintf(buf, n, "%p", at);
+  }
+}
+
 namespace {
 
 struct snapshot {
@@ -74,21 +90,6 @@ bool all_asleep(snapshot* snap) {
   return waiting;
 }
 
-void describe_site(const void* at, char* buf, std::size_t n) {
-  Dl_info info{};
-  if (at && dladdr(at, &info) && info.dli_fname) {
-    const char* base = std::strrchr(info.dli_fname, '/');
-    base = base ? base + 1 : info.dli_fname;
-    if (info.dli_sname)
-      std::snprintf(buf, n, "%s+0x%lx (%s)", info.dli_sname,
-                    static_cast<unsigned long>(static_cast<const char*>(at) - static_cast<const char*>(info.dli_saddr)), base);
-    else
-      std::snprintf(buf, n, "%s+0x%lx", base,
-                    static_cast<unsigned long>(static_cast<const char*>(at) - static_cast<const char*>(info.dli_fbase)));
-  } else {
-    std::snprintf(buf, n, "%p", at);
-  }
-}
 
 [[noreturn]] void report() {
   std::fprintf(stderr, "gort: all goroutines are asleep - deadlock!\n");

@@ -28,7 +28,8 @@
 // counted while it sleeps). At shutdown, once every M has exited, g_shutdown settles what the
 // handles still hold: a finished G's frame (a task's result) is destroyed there, on the thread
 // that called run(); an abandoned G's frame is not (its body never returned, and nothing of it
-// is unwound); a plain thread blocked joining an abandoned G is woken and told. After that a
+// is unwound), nor freed if the G sits in a blocking call that shutdown left it in (the call
+// may be writing to it); a plain thread blocked joining an abandoned G is woken and told. After that a
 // handle of that runtime never touches its G again: dropping it does nothing, joining it
 // throws. g_shutdown also takes abandoned waiters off the queues of channels and sync objects
 // (g.hpp, abandon_hook).
@@ -527,7 +528,7 @@ bool hook_object_alive(const std::vector<std::pair<std::uintptr_t, std::uintptr_
 
 }  // namespace
 
-void g_shutdown() noexcept GORT_NO_TSA {
+void g_shutdown(g* const* kept, std::size_t nkept) noexcept GORT_NO_TSA {
   // Abandoned waiters leave the queues of objects that may outlive us (g.hpp, abandon_hook).
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> stacks;
   try {
@@ -565,7 +566,9 @@ void g_shutdown() noexcept GORT_NO_TSA {
         }
       }
     }
-    free_frame(gp);  // nothing reads it any more: its handle's runtime is ending
+    // Nothing reads it any more (its handle's runtime is ending), except a call still in
+    // progress on a G left in it.
+    if (std::find(kept, kept + nkept, gp) == kept + nkept) free_frame(gp);
   }
   live_from.store(no_runtime, std::memory_order_relaxed);
 }

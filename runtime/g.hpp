@@ -43,7 +43,8 @@ join_result g_join(g* target, bool foreign);
 void g_release(g* gp) noexcept;
 // Teardown, single-threaded with every M gone, before the stack pool is unmapped: settles what
 // handles still hold (g.cpp, "Handles and the runtime's lifetime"); their handles go inert.
-void g_shutdown() noexcept;
+// `kept[0..nkept)`: Gs left inside a blocking call (boot.cpp), whose frames stay.
+void g_shutdown(g* const* kept, std::size_t nkept) noexcept;
 
 // Shutdown and objects that outlive the runtime. A G parked in the queue of a channel or sync
 // object leaves a node on its own stack there, and shutdown unmaps that stack; a plain thread

@@ -45,6 +45,7 @@
 #include <cstdint>
 
 #include "blocking.hpp"
+#include "boot.hpp"
 #include "g.hpp"
 #include "m.hpp"
 #include "preempt.hpp"
@@ -87,12 +88,11 @@ bool in_syscall(const void* uctx) noexcept {
 }
 
 void kernel_enter(m* mp, g* gp, p* pp) noexcept {
-  (void)gp;
   mp->kstate.store(1, std::memory_order_relaxed);
   mp->kepoch.fetch_add(1, std::memory_order_relaxed);
   sched.nkernel.fetch_add(1, std::memory_order_relaxed);
   sched.nkernel_found.fetch_add(1, std::memory_order_relaxed);
-  syscall_leave(mp, pp);
+  syscall_leave(mp, pp, gp);
   sysmon_poke();
 }
 
@@ -106,6 +106,9 @@ m* kernel_rejoin(m* mp) noexcept {
 }
 
 void kernel_rejoin_in_signal(m* mp, g* gp) noexcept {
+  // Shutdown treats this M as one in a blocking call (boot.cpp, m::call); the G's next runtime
+  // call (kernel_rejoin) takes the way out shutdown left it.
+  if (!running()) return;
   if (mp->kstate.exchange(0, std::memory_order_acq_rel) == 0) return;
   sched.nkernel.fetch_sub(1, std::memory_order_relaxed);
   p* pp = mp->oldp;
@@ -113,8 +116,10 @@ void kernel_rejoin_in_signal(m* mp, g* gp) noexcept {
   std::uint32_t s = mp->oldp_word;
   if (pp->status.compare_exchange_strong(s, prunning, std::memory_order_acq_rel)) {
     mp->curp = pp;  // nobody took it: the same slice goes on
+    mp->call.store(0, std::memory_order_relaxed);
     return;
   }
+  if (mp->call.exchange(0, std::memory_order_acq_rel) & 1) abandoned_in_call();
   if (p* np = take_idle_p(pp)) {
     acquirep(mp, np, acquire_mode::in_signal);
     resume_on(mp, gp);
@@ -131,11 +136,13 @@ void kernel_rejoin_in_signal(m* mp, g* gp) noexcept {
   sysmon_poke();
   p* np = await_p(mp);
   if (!np) {
-    // Shutdown: the G is abandoned like every other unfinished G; g0 exits the thread.
-    mp->curg = nullptr;
-    gp->fib.after = nullptr;
-    gp->fib.switch_to(mp->g0, mp->eh);
-    std::abort();  // never resumed
+    // Shutdown came meanwhile: run on to the next runtime call, as a held G does (preempt.cpp),
+    // and make that call its last.
+    if (!resume_wired_for_shutdown(mp, gp)) cut_off(mp, gp);
+    if (wired) gp->lockedm = mp;
+    p* cp = mp->curp;
+    cp->preempt_req.store(cp->schedtick.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    return;
   }
   acquirep(mp, np, acquire_mode::in_signal);
   if (!wired) gp->lockedm = nullptr;

@@ -32,6 +32,9 @@
 //   5. Whoever later dequeues the G gives its own P to the waiting M (startlockedm) — the
 //      same path as lock_os_thread. The handler wakes with that P, makes the G current again
 //      and returns; the G continues on the thread it never left.
+// At shutdown no G is held: a G stopped where it is would keep what it holds (a FILE's lock,
+// malloc's) past run(), so it runs on to its next runtime call, and a held one is resumed to
+// do so (hold_for_preemption); only after shutdown's cut-off is a G abandoned mid-code.
 // Only async-signal-safe work happens in the handler: atomics, futex wake/wait, reads of the
 // M's own state. The P it receives may never have had a heap; acquirep(acquire_mode::in_signal) skips heap
 // creation and CPU rebinding (both call into libraries the G may have been interrupted in).
@@ -66,6 +69,8 @@
 #include "gort/gort.hpp"
 #include "preempt.hpp"
 
+#include "boot.hpp"
+#include "clock.hpp"
 #include "kernel_wait.hpp"
 #include "m.hpp"
 #include "proc.hpp"
@@ -106,27 +111,88 @@ bool requested(p* pp) noexcept {
   return pp->preempt_req.load(std::memory_order_relaxed) == pp->schedtick.load(std::memory_order_relaxed);
 }
 
-// Steps 3 and 5 above, on the interrupted M. Returns once the M holds a P and runs gp again.
-void hold_for_preemption(m* mp, g* gp, p* pp) noexcept {
-  std::uint32_t running = prunning;
-  if (!pp->status.compare_exchange_strong(running, ppreempted, std::memory_order_acq_rel)) return;
-  sysmon_poke();
-  p* np = await_p(mp);
-  if (!np) {
-    // Shutdown: the G is abandoned like every other unfinished G; g0 exits the thread. sysmon
-    // may be handing our P on right now (take_preempted, which writes to this M): take the P
-    // back first, and if sysmon got there before us, wait until it is done (its pidle store).
-    std::uint32_t s = ppreempted;
-    if (!pp->status.compare_exchange_strong(s, prunning, std::memory_order_acq_rel))
-      while (pp->status.load(std::memory_order_acquire) == ptaking) cpu_relax();
-    mp->curg = nullptr;
-    gp->fib.after = nullptr;
-    gp->fib.switch_to(mp->g0, mp->eh);
-    std::abort();  // never resumed
+
+// Shutdown found gp held (step 3 done, step 5 never coming: await_p returned null). A G left
+// where the signal stopped it would keep what it holds (a FILE's lock, malloc's), so it runs on
+// instead, on this M with a P, to its next runtime call (see hold_for_preemption). Returns
+// false if no P came before the cut-off; the G is then abandoned where it is.
+bool resume_for_shutdown(m* mp, g* gp, p* pp) noexcept {
+  // sysmon may be handing our P on right now (take_preempted, which writes to this M): take
+  // the P back first, and if sysmon got there before us, wait until it is done (its pidle
+  // store).
+  std::uint32_t s = ppreempted;
+  if (pp->status.compare_exchange_strong(s, prunning, std::memory_order_acq_rel)) {
+    if (gp->locked == 0) gp->lockedm = nullptr;
+    return true;  // still ours, the G still running
   }
-  acquirep(mp, np, acquire_mode::in_signal);
+  while (pp->status.load(std::memory_order_acquire) == ptaking) cpu_relax();
+  // sysmon queued the G globally, wired to us, and handed the P on.
+  return resume_wired_for_shutdown(mp, gp);
+}
+
+}  // namespace
+
+bool resume_wired_for_shutdown(m* mp, g* gp) noexcept {
+  // Whoever dequeued gp since passes us its P (startlockedm), as while running; else we take
+  // it out of the queue and run it on an idle P, of which shutdown frees one per exiting M.
+  for (;;) {
+    if (p* np = mp->nextp_take()) {
+      acquirep(mp, np, acquire_mode::in_signal);
+      break;
+    }
+    p* np;
+    {
+      spin_guard l(sched.lock);
+      np = pidleget();
+      if (np && !globrunqremove(gp)) {  // dequeued: its P is on its way to us
+        pidleput(np);
+        np = nullptr;
+      }
+    }
+    if (np) {
+      acquirep(mp, np, acquire_mode::in_signal);
+      break;
+    }
+    if (shutdown_cut_off()) return false;
+    // Woken by a P handed over (startlockedm) or by run_main's rounds; the timeout covers an
+    // M that exits and frees a P without waking anyone.
+    mp->park.clear();
+    if (!mp->nextp_peek()) mp->park.sleep_until(nanotime() + 200'000);
+  }
   if (gp->locked == 0) gp->lockedm = nullptr;
   resume_on(mp, gp);
+  return true;
+}
+
+namespace {
+
+// Steps 3 and 5 above, on the interrupted M. Returns once the M holds a P and runs gp again.
+//
+// Shutdown (the runtime no longer running): a G stopped now would keep whatever lock it holds
+// past run(), so it is not stopped but left to run on to its next runtime call, where, with
+// preempt_req current, preempt_check yields it to g0, which sees the runtime stopping and
+// exits the thread; a G that parks or yields gets there too. Only once the cut-off has passed
+// (boot.cpp) is it abandoned where it runs. A G already held when shutdown began is resumed
+// the same way (resume_for_shutdown).
+void hold_for_preemption(m* mp, g* gp, p* pp) noexcept {
+  if (!running()) {
+    if (shutdown_cut_off()) cut_off(mp, gp);
+    return;
+  }
+  std::uint32_t running_word = prunning;
+  if (!pp->status.compare_exchange_strong(running_word, ppreempted, std::memory_order_acq_rel)) return;
+  sysmon_poke();
+  if (p* np = await_p(mp)) {
+    acquirep(mp, np, acquire_mode::in_signal);
+    if (gp->locked == 0) gp->lockedm = nullptr;
+    resume_on(mp, gp);
+  } else if (!resume_for_shutdown(mp, gp, pp)) {
+    cut_off(mp, gp);
+  }
+  if (!running()) {  // make its next runtime call its last
+    p* cp = mp->curp;
+    cp->preempt_req.store(cp->schedtick.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
 }
 
 void on_sigurg(int sig, siginfo_t* info, void* uctx) {
@@ -164,6 +230,14 @@ void on_sigurg(int sig, siginfo_t* info, void* uctx) {
 }
 
 }  // namespace
+
+void cut_off(m* mp, g* gp) noexcept {
+  note_cut_off(gp);
+  mp->curg = nullptr;
+  gp->fib.after = nullptr;
+  gp->fib.switch_to(mp->g0, mp->eh);
+  std::abort();  // never resumed
+}
 
 bool install_preempt_handler() {
   if (installed) return false;

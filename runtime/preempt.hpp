@@ -20,4 +20,13 @@ void unblock_preempt_signal() noexcept;
 // Sends mp the preemption signal (sysmon).
 void preempt_m(m* mp) noexcept;
 
+// Shutdown, in the handler, for a G queued globally wired to mp, which waited there for a P
+// that never came: runs gp on, on mp with a P (handed over, or an idle one, gp then taken out
+// of the queue), so that it reaches its next runtime call and lets go of what it holds. False
+// if no P came before shutdown's cut-off (boot.cpp).
+bool resume_wired_for_shutdown(m* mp, g* gp) noexcept;
+// Shutdown cut gp off where it runs: it did not reach the runtime in time (boot.cpp,
+// shutdown_cut_off). It is abandoned mid-code, with whatever it holds; g0 exits the thread.
+[[noreturn]] void cut_off(m* mp, g* gp) noexcept;
+
 }  // namespace gort::rt

@@ -112,17 +112,25 @@ void globrunqput(g* gp) {
   globrunqput_batch(gp, gp, 1);
 }
 
-g* globrunq_find_wired(bool take) {
+bool globrunqremove(g* gp) {
   sched.lock.assert_held();
   g* prev = nullptr;
-  for (g* gp = sched.ghead; gp; prev = gp, gp = gp->schedlink) {
+  for (g* q = sched.ghead; q; prev = q, q = q->schedlink) {
+    if (q != gp) continue;
+    (prev ? prev->schedlink : sched.ghead) = q->schedlink;
+    if (sched.gtail == q) sched.gtail = prev;
+    q->schedlink = nullptr;
+    sched.nglobal.fetch_sub(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+g* globrunq_find_wired(bool take) {
+  sched.lock.assert_held();
+  for (g* gp = sched.ghead; gp; gp = gp->schedlink) {
     if (!gp->lockedm) continue;
-    if (take) {
-      (prev ? prev->schedlink : sched.ghead) = gp->schedlink;
-      if (sched.gtail == gp) sched.gtail = prev;
-      gp->schedlink = nullptr;
-      sched.nglobal.fetch_sub(1, std::memory_order_relaxed);
-    }
+    if (take) globrunqremove(gp);
     return gp;
   }
   return nullptr;

@@ -36,6 +36,8 @@ void wakep() noexcept;
 // empty runnext and the ring got nothing.
 bool runqput(p* pp, g* gp, queue_at where);
 void globrunqput(g* gp);
+// Takes gp out of the global queue if it is there (O(queue); shutdown only: preempt.cpp).
+bool globrunqremove(g* gp) GORT_REQUIRES(sched.lock);
 // The first G in the global queue wired to an M (lockedm), which waits for a P to run it;
 // unlinked if `take`. A walk of the queue: for the thread limit's slow path only (m.cpp).
 g* globrunq_find_wired(bool take) GORT_REQUIRES(sched.lock);

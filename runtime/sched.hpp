@@ -233,6 +233,13 @@ struct m {
   // sysmon's own, for an M in kstate: the episode it last saw and the M's CPU time then.
   std::uint32_t kepoch_seen = 0;
   std::int64_t kcpu_base = -1;
+  // Shutdown's view of blocking calls (boot.cpp, "abandon_calls"): 0 outside one; 2 * the
+  // call's number (ncalls) inside it, written by this M before it lets its P go; that plus 1
+  // once shutdown has left the M in its call (a CAS), after which the M never comes back
+  // (blocking_exit). callg: the G of the current call, written before `call`.
+  std::atomic<std::uint64_t> call{0};
+  std::uint64_t ncalls = 0;
+  g* callg = nullptr;
 
   void nextp_store(p* pp) noexcept { nextp.store(pp, std::memory_order_release); }
   p* nextp_take() noexcept { return nextp.exchange(nullptr, std::memory_order_acq_rel); }

@@ -234,6 +234,7 @@ struct chunk {
   chunk* next = nullptr;
   std::size_t in_use = 0;
   std::size_t mprotect_guards = 0;
+  bool kept = false;  // keep_mapped: never unmapped
   slot slots[stacks_per_chunk];
 };
 
@@ -242,6 +243,13 @@ struct chunk {
 using detail::chunk;
 using detail::guard_kind;
 using detail::slot;
+
+namespace {
+// Chunks left mapped by keep_mapped once their pool is gone, linked through chunk::next: held
+// here so that they stay reachable (leak checkers), never touched again.
+std::mutex kept_mu;
+chunk* kept_chunks = nullptr;
+}  // namespace
 
 const char* to_string(guard_mode m) noexcept {
   switch (m) {
@@ -273,7 +281,25 @@ stack_pool::stack_pool(std::size_t stack_size, guard_mode mode) : size_(stack_si
 }
 
 stack_pool::~stack_pool() {
-  while (chunks_) unmap(chunks_);
+  while (chunk* c = chunks_) {
+    if (!c->kept) {
+      unmap(c);
+      continue;
+    }
+    // Left as it is, mapping, registry entry and bookkeeping (the thread on it may fault into a
+    // guard, and the overflow handler then reads the entry); only unlinked from this pool.
+    chunks_ = c->next;
+    if (chunks_) chunks_->prev = nullptr;
+    c->prev = nullptr;
+    std::lock_guard lk(kept_mu);
+    c->next = kept_chunks;
+    kept_chunks = c;
+  }
+}
+
+void stack_pool::keep_mapped(const stack& s) noexcept {
+  std::lock_guard lk(mu_);
+  s.where->home->kept = true;
 }
 
 void stack_pool::grow() {

@@ -95,7 +95,8 @@ class stack_pool {
   // Maps nothing yet.
   explicit stack_pool(std::size_t stack_size = default_stack_size,
                       guard_mode mode = guard_mode::automatic);
-  // Unmaps every chunk, including stacks still handed out.
+  // Unmaps every chunk, including stacks still handed out, except those holding a stack passed
+  // to keep_mapped.
   ~stack_pool();
   stack_pool(const stack_pool&) = delete;
   stack_pool& operator=(const stack_pool&) = delete;
@@ -108,6 +109,10 @@ class stack_pool {
   // Takes back a stack and gives its memory to the kernel (MADV_DONTNEED): the slot and its
   // guard stay, and its pages are faulted in afresh when it is next used.
   void release(const stack& s) noexcept;
+  // Leaves the chunk holding s mapped, and registered, for ever: the pool's destructor skips it
+  // (a thread may still run on s: a G that shutdown left inside a blocking call). Leaks the
+  // chunk: stacks_per_chunk slots of address space, and the pages its Gs touched.
+  void keep_mapped(const stack& s) noexcept;
   // Unmaps the chunks none of whose stacks is handed out. Returns the bytes unmapped.
   std::size_t trim() noexcept;
 

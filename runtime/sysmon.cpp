@@ -127,10 +127,10 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
     psample& s = ps[i];
     std::uint32_t st = pp->status.load(std::memory_order_acquire);
     if (stopping && st != prunning) continue;
-    // Shutdown: Gs still running are abandoned, but one that is about to reach the scheduler
-    // (finishing a destructor, say) gets the rest of its slice to get there; one that overstays
-    // it is stopped by the usual signal, whose handler then sends its M to exit. So a G in an
-    // endless loop cannot hold shutdown up, and nothing is cut off needlessly.
+    // Shutdown: Gs still running are abandoned at their next runtime call. One over its slice
+    // gets the usual request and signal, and its handler lets it run on to that call until
+    // shutdown's cut-off, then sends its M to exit (preempt.cpp). So a G in an endless loop
+    // cannot hold shutdown up, and nothing is cut off needlessly.
     if (st == ppreempted) {
       take_preempted(pp);
       acted = true;

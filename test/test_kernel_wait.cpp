@@ -9,9 +9,12 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <vector>
 
+#include "child.hpp"
 #include "gort/gort.hpp"
 #include "sched.hpp"
 #include "test_util.hpp"
@@ -198,4 +201,49 @@ TEST_CASE("Gs convoying on a std::mutex complete with few threads", "[kernel]") 
     CHECK(sections == gs * each);
     CHECK(overlap == 0);
   }
+}
+
+// Shutdown treats an M whose G sleeps in a plain call like one inside gort::blocking: run()
+// does not wait for it. The call returns later; the G's own code runs on (nothing can stop a
+// thread coming out of the kernel) until its next gort call, where its thread stops for good
+// without touching the runtime, which may be running again by then.
+TEST_CASE("run() returns while a G sleeps in a plain read(); its next gort call is its last", "[kernel]") {
+  auto r = run_in_child([] {
+    const long iters = 4;
+    static int fds[iters][2];
+    static std::atomic<int> came_back{0}, went_past{0};
+    for (long i = 0; i < iters; ++i) {
+      if (pipe(fds[i]) != 0) std::abort();
+      const int rd = fds[i][0];
+      gort::config c = with_procs(1);
+      c.detect_deadlock = false;
+      gort::run(c, [rd] {
+        const auto found = sched.nkernel_found.load();
+        gort::go([rd] {
+          char ch;
+          ssize_t n;
+          do n = read(rd, &ch, 1);
+          while (n < 0 && errno == EINTR);
+          came_back.fetch_add(1);
+          gort::yield();
+          went_past.fetch_add(1);  // never: the yield above is where its thread stops
+        });
+        // Main runs once the reader has lost the only P.
+        const auto give_up = std::chrono::steady_clock::now() + 20s;
+        while (sched.nkernel_found.load() == found && std::chrono::steady_clock::now() < give_up) gort::yield();
+        if (sched.nkernel_found.load() == found) std::abort();
+      });
+    }
+    const int v = gort::run(with_procs(2), [] {
+      for (long i = 0; i < iters; ++i)
+        if (write(fds[i][1], "x", 1) != 1) std::abort();
+      const auto give_up = std::chrono::steady_clock::now() + 20s;
+      while (came_back.load() < iters && std::chrono::steady_clock::now() < give_up) gort::sleep_for(1ms);
+      return gort::spawn([] { return 9; }).join();
+    });
+    std::printf("came back %d, went past %d, last run %d\n", came_back.load(), went_past.load(), v);
+  }, 60);
+  INFO(r.out);
+  REQUIRE(r.exited(0));
+  CHECK(r.out.find("came back 4, went past 0, last run 9") != std::string::npos);
 }
