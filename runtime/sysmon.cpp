@@ -307,8 +307,10 @@ void sysmon_main() {
     bool acted = retake(samples, now, prev, short_cap, &deadline, &stale);
     // Gs back from the kernel without a P (kernel_wait.cpp): while one computes, look often.
     if (sched.nkernel.load(std::memory_order_relaxed) != 0 && watch_kernel_ms()) stale = true;
-    // Backstop for a G such a handler queued globally while a P was going idle.
-    if (global_queue_hint() != 0 && sched.npidle.load(std::memory_order_relaxed) != 0 &&
+    // Backstop for a G such a handler queued globally while a P was going idle. Not at
+    // shutdown: no new work starts then, and the M it might create could block on a lock that
+    // a G sysmon held keeps (the drain of held Gs waits for sysmon).
+    if (running() && global_queue_hint() != 0 && sched.npidle.load(std::memory_order_relaxed) != 0 &&
         sched.nmspinning.load(std::memory_order_relaxed) == 0)
       wakep();
     if (acted) {
