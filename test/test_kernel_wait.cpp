@@ -16,6 +16,7 @@
 
 #include "child.hpp"
 #include "gort/gort.hpp"
+#include "san.hpp"
 #include "sched.hpp"
 #include "test_util.hpp"
 
@@ -23,6 +24,14 @@ using namespace std::chrono_literals;
 using gort::rt::sched;
 
 namespace {
+
+#if GORT_TSAN
+// TSan holds back a signal to a thread inside its read() interceptor until the call returns:
+// the handler cannot look at a thread asleep in read() there (docs/api.md, Preemption).
+constexpr bool read_unsignalled = true;
+#else
+constexpr bool read_unsignalled = false;
+#endif
 
 struct pipe_fds {
   int r = -1, w = -1;
@@ -62,6 +71,7 @@ void yielders(int n, int each, std::atomic<long>& total) {
 }  // namespace
 
 TEST_CASE("a G asleep in a plain read() lets the Gs behind it run, and is not held", "[kernel]") {
+  if (read_unsignalled) SKIP("TSan holds signals back from a thread blocked in read()");
   clean_env env;
   const int rounds = 5;
   for (int round = 0; round < rounds; ++round) {
@@ -101,6 +111,7 @@ TEST_CASE("a G asleep in a plain read() lets the Gs behind it run, and is not he
 }
 
 TEST_CASE("a G back from the kernel computing without runtime calls gets a P again", "[kernel]") {
+  if (read_unsignalled) SKIP("TSan holds signals back from a thread blocked in read()");
   clean_env env;
   for (int round = 0; round < 5; ++round) {
     pipe_fds p;
@@ -208,6 +219,7 @@ TEST_CASE("Gs convoying on a std::mutex complete with few threads", "[kernel]") 
 // thread coming out of the kernel) until its next gort call, where its thread stops for good
 // without touching the runtime, which may be running again by then.
 TEST_CASE("run() returns while a G sleeps in a plain read(); its next gort call is its last", "[kernel]") {
+  if (read_unsignalled) SKIP("TSan holds signals back from a thread blocked in read()");
   auto r = run_in_child([] {
     const long iters = 4;
     static int fds[iters][2];
