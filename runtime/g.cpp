@@ -40,10 +40,12 @@
 #include <iterator>
 #include <new>
 #include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "alloc.hpp"
+#include "fork.hpp"
 #include "proc.hpp"
 #include "san.hpp"
 #include "wait.hpp"
@@ -422,6 +424,8 @@ struct handle_access {
 
 g* g_new(std::size_t size, std::size_t align, void** frame) {
   if (align > 64) throw std::invalid_argument("gort: a G's callable needs alignment <= 64");
+  if (forked()) [[unlikely]]
+    throw std::logic_error(std::string("gort: go/spawn ") + forked_message());
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
   // A foreign thread stays counted in until g_start or g_discard.

@@ -1,6 +1,7 @@
 // gort: the blocking primitive (wait.hpp): block, finish and the deadline's fire.
 #include "wait.hpp"
 
+#include "fork.hpp"
 #include "note.hpp"
 #include "proc.hpp"
 #include "timer_sleeper.hpp"
@@ -68,6 +69,8 @@ bool block(wait_state& ws, std::int64_t deadline_ns, const char* reason, transit
     return woken;
   }
   ws.gp = nullptr;
+  if (forked()) [[unlikely]]
+    forked_fail(reason);  // its waker may be a G, which would never run
   if (unlock.fn) unlock.fn(nullptr, unlock.arg);
   for (;;) {
     std::uint32_t v = ws.v.load(std::memory_order_acquire);
