@@ -41,6 +41,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -546,6 +547,10 @@ void g_shutdown() noexcept GORT_NO_TSA {
     gp->queued_on = nullptr;
     if (stacks.size() == sched.allg.size() && hook_object_alive(stacks, h->object)) h->detach(h);
   }
+  // Plain threads still finishing wake-ups of Gs they took off a queue (wait.hpp, claim): let
+  // them finish before the stacks go. One that took an abandoned G's node did so under the
+  // lock that detach has just taken, so its count is visible here.
+  while (sched.foreign.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   for (g* gp : sched.allg) {
     const gstatus st = gp->status.load(std::memory_order_relaxed);
     if (st == gstatus::idle) continue;  // on a free list (frame gone) or never started

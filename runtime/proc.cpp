@@ -664,6 +664,9 @@ void requeue(g* gp, queue_at where) noexcept {
   } else {
     globrunqput(gp);
     std::atomic_thread_fence(std::memory_order_seq_cst);  // see wakep
+    // A plain thread's wake-up during shutdown starts no M: shutdown may have collected the
+    // Ms to join already. The G stays queued and is abandoned with the rest.
+    if (!running(std::memory_order_seq_cst)) return;
   }
   wakep();
 }

@@ -37,11 +37,12 @@ void finish(wait_state& ws) noexcept {
   if (g* gp = ws.gp) {
     ws.v.store(wait_state::done, std::memory_order_release);
     ready(gp);
-    return;
+  } else {
+    std::atomic<std::uint32_t>* word = &ws.v;
+    word->store(wait_state::done, std::memory_order_release);
+    futex_wake(word, 1);  // harmless if the thread already saw `done` and left
   }
-  std::atomic<std::uint32_t>* word = &ws.v;
-  word->store(wait_state::done, std::memory_order_release);
-  futex_wake(word, 1);  // harmless if the thread already saw `done` and left
+  if (!getm()) foreign_leave();  // counted by claim or take_sole (waker_enter)
 }
 
 void await_finish(wait_state& ws) noexcept {
