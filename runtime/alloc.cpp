@@ -53,11 +53,15 @@ void free_mem(void* ptr) noexcept {
   else mi_free(ptr);
 }
 
-void heap_adopt(m* mp, p* pp) {
+void heap_adopt(m* mp, p* pp) noexcept {
   if (pp->home || system_alloc) return;
+  // Out of memory: no home yet; the P's allocations use the thread's default heap meanwhile
+  // (rt::alloc), and a later acquirep tries again.
+  mi_heap_t* h = mi_heap_new();
+  if (!h) return;
   pp->home = mp;
-  pp->heap = reinterpret_cast<mi_heap_s*>(mi_heap_new());
-  mp->homes.push_back(pp);
+  pp->heap = reinterpret_cast<mi_heap_s*>(h);
+  mp->homes.push_back(pp);  // within the nprocs that newm reserved: no allocation
 }
 
 void heaps_release(m* mp) noexcept {

@@ -15,7 +15,7 @@ void free_mem(void* ptr) noexcept;
 
 // mp just acquired pp the ordinary way: the first M to hold pp becomes its home and creates
 // its heap.
-void heap_adopt(m* mp, p* pp);
+void heap_adopt(m* mp, p* pp) noexcept;
 // mp is exiting: deletes the heaps it created (their live blocks stay valid).
 void heaps_release(m* mp) noexcept;
 

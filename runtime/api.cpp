@@ -17,9 +17,10 @@ namespace {
 
 void sleep_fire(timer* t) { ready(static_cast<g*>(t->arg), queue_at::back); }
 
-// Arms the sleep timer once the G is off its stack, so the timer cannot ready it early.
-void sleep_commit(fiber* f, void*) {
-  arm_timer(getm()->curp, &g_of(f)->sleep_timer);
+// Arms the sleep timer once the G is off its stack, so the timer cannot ready it early, in
+// room reserved on P `arg`'s heap before the switch (this step must not fail).
+void sleep_commit(fiber* f, void* arg) {
+  arm_timer_reserved(static_cast<p*>(arg), &g_of(f)->sleep_timer);
 }
 
 // A parked wait(): no deadline, so every node popped is claimed by the add() that pops it.
@@ -74,7 +75,9 @@ void sleep_until_steady(std::int64_t steady_ns) {
     gp->sleep_timer.when = steady_ns;
     gp->sleep_timer.fire = rt::sleep_fire;
     gp->sleep_timer.arg = gp;
-    rt::park("sleep", {rt::sleep_commit, nullptr});
+    rt::p* pp = rt::getm()->curp;
+    pp->tm.reserve();  // std::bad_alloc from here, not from the commit
+    rt::park("sleep", {rt::sleep_commit, pp});
   }
 }
 

@@ -27,6 +27,7 @@
 #include <memory>
 #include <numeric>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -34,6 +35,7 @@
 #include "clock.hpp"
 #include "deadlock.hpp"
 #include "env.hpp"
+#include "fork.hpp"
 #include "g.hpp"
 #include "m.hpp"
 #include "overflow.hpp"
@@ -244,9 +246,14 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   const settings set = read_settings(cfg);  // validates the config and the environment
   const unsigned n = set.procs;
   auto pool = std::make_unique<stack_pool>(cfg.stack_size);  // validates stack_size
+  install_fork_handlers();
   run_state stopped = run_state::stopped;
-  if (!sched.state.compare_exchange_strong(stopped, run_state::starting, std::memory_order_acq_rel))
+  if (!sched.state.compare_exchange_strong(stopped, run_state::starting,
+                                           std::memory_order_acq_rel)) {
+    if (stopped == run_state::forked)
+      throw std::logic_error(std::string("gort::run ") + forked_message());
     throw std::logic_error("gort::run: a runtime is already running in this process");
+  }
 
   sched.time_slice_ns = set.time_slice_ns;
   sched.async_preempt = set.async_preempt;

@@ -128,7 +128,11 @@ struct waitq : rt::waitq<chan_waiter> {
   // and timed-out waiters met on the way are dropped (their owners find them unlinked). A
   // sole waiter (no deadline, not a select) is taken without a claim: nobody else can race.
   chan_waiter* take() noexcept {
-    chan_waiter* w = pop_if([](chan_waiter* x) { return x->sole || rt::claim(*x->ws); });
+    chan_waiter* w = pop_if([](chan_waiter* x) {
+      if (!x->sole) return rt::claim(*x->ws);
+      rt::take_sole(*x->ws);
+      return true;
+    });
     if (w) w->ws->winner = w;
     return w;
   }

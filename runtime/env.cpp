@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cgroup.hpp"
 #include "pin.hpp"
 
 namespace gort::rt {
@@ -32,7 +33,7 @@ unsigned procs_from(const config& cfg) {
   if (n > 4096)
     throw std::invalid_argument("gort: config.procs = " + std::to_string(n) +
                                 " is out of range (at most 4096)");
-  if (n == 0) n = allowed_cpus();
+  if (n == 0) n = default_procs(allowed_cpus(), cgroup_cpu_limit());
   return n;
 }
 

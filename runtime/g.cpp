@@ -41,10 +41,13 @@
 #include <iterator>
 #include <new>
 #include <stdexcept>
+#include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "alloc.hpp"
+#include "fork.hpp"
 #include "proc.hpp"
 #include "san.hpp"
 #include "wait.hpp"
@@ -426,6 +429,8 @@ struct handle_access {
 
 g* g_new(std::size_t size, std::size_t align, void** frame) {
   if (align > 64) throw std::invalid_argument("gort: a G's callable needs alignment <= 64");
+  if (forked()) [[unlikely]]
+    throw std::logic_error(std::string("gort: go/spawn ") + forked_message());
   m* mp = getm();
   p* pp = mp ? mp->curp : nullptr;
   // A foreign thread stays counted in until g_start or g_discard.
@@ -546,6 +551,10 @@ void g_shutdown(g* const* kept, std::size_t nkept) noexcept GORT_NO_TSA {
     gp->queued_on = nullptr;
     if (stacks.size() == sched.allg.size() && hook_object_alive(stacks, h->object)) h->detach(h);
   }
+  // Plain threads still finishing wake-ups of Gs they took off a queue (wait.hpp, claim): let
+  // them finish before the stacks go. One that took an abandoned G's node did so under the
+  // lock that detach has just taken, so its count is visible here.
+  while (sched.foreign.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   for (g* gp : sched.allg) {
     const gstatus st = gp->status.load(std::memory_order_relaxed);
     if (st == gstatus::idle) continue;  // on a free list (frame gone) or never started

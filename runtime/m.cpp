@@ -139,6 +139,7 @@ m* newm(p* pp, spin spinning) {
   if (nm >= sched.max_threads) die_threads();
   auto* mp = new m;
   mp->watch.resize(sched.nprocs);
+  mp->homes.reserve(sched.nprocs);  // heap_adopt (acquirep) then never allocates
   mp->spinning = spinning == spin::yes;
   mp->nextp_store(pp);
   {

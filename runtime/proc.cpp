@@ -14,6 +14,7 @@
 
 #include "alloc.hpp"
 #include "clock.hpp"
+#include "fork.hpp"
 #include "g.hpp"
 #include "kernel_wait.hpp"
 #include "m.hpp"
@@ -701,6 +702,9 @@ void requeue(g* gp, queue_at where) noexcept {
   } else {
     globrunqput(gp);
     std::atomic_thread_fence(std::memory_order_seq_cst);  // see wakep
+    // A plain thread's wake-up during shutdown starts no M: shutdown may have collected the
+    // Ms to join already. The G stays queued and is abandoned with the rest.
+    if (!running(std::memory_order_seq_cst)) return;
   }
   wakep();
 }
@@ -710,6 +714,8 @@ void park(const char* reason, transition commit) noexcept {
   g* gp = getg();
   GORT_ASSERT(gp && gp->nopreempt.load(std::memory_order_relaxed) > 0,
               "park (%s) from %s", reason, gp ? "a G with preemption on" : "a thread that is no G");
+  if (forked()) [[unlikely]]
+    forked_fail(reason);
   gp->wait_reason = reason;
   leave(gp, {park_commit, &commit}, leave_mode::resumable);
   gp->wait_reason = nullptr;
@@ -737,6 +743,8 @@ namespace {
     std::this_thread::yield();
     return;
   }
+  if (forked()) [[unlikely]]
+    forked_fail("gort::yield");
   nopreempt_scope np(gp);  // before reading curp: a preemption could hand the P away
   p* pp = mp->curp;
   transition tr = global ? transition{yield_global_commit, nullptr} : transition{yield_commit, pp};

@@ -247,8 +247,9 @@ struct m {
 };
 
 // The runtime's lifecycle (sched.state). Only `running` accepts work; boot.cpp moves it
-// stopped -> starting -> running -> stopping -> stopped.
-enum class run_state : int { stopped, starting, running, stopping };
+// stopped -> starting -> running -> stopping -> stopped. `forked`: this process is a child
+// forked while a runtime was not stopped, and the runtime is dead for good (fork.hpp).
+enum class run_state : int { stopped, starting, running, stopping, forked };
 
 // Fields are grouped by who writes them, one cache line per group: wakep() reads npidle and
 // nmspinning on every spawn and wake-up, and must not miss in cache because another P just took

@@ -296,7 +296,7 @@ void fire(rt::timer* t) {
     std::int64_t next = c->tm.when + c->period;
     if (next <= now) next += ((now - next) / c->period + 1) * c->period;
     c->tm.when = next;
-    rt::arm_timer_here(&c->tm, "gort::ticker");  // on an M: never throws
+    rt::rearm_timer_in_fire(&c->tm);  // into the slot it left: allocates nothing
   }
   rt::spin_unlock(c->lock);
 }

@@ -1,9 +1,15 @@
 // gort: a P's timer heap (timer.hpp): a 4-ary min-heap under its own lock, fired outside it.
 #include "timer.hpp"
 
+#include <algorithm>
+
+#include "check.hpp"
+
 namespace gort::rt {
 
 namespace {
+// The heap whose run() is firing a timer on this thread, while its room is unused.
+thread_local timers* fire_room = nullptr;
 constexpr std::size_t arity = 4;  // shallower than binary: fewer cache misses per sift
 inline bool before(const timer* a, const timer* b) noexcept {
   return a->when < b->when || (a->when == b->when && a->seq < b->seq);
@@ -41,14 +47,46 @@ void timers::down(std::size_t i) noexcept {
   t->idx = static_cast<std::int32_t>(i);
 }
 
-bool timers::add(timer* t) {
-  spin_guard l(mu_);
+void timers::make_room() {
+  const std::size_t need = heap_.size() + reserved_ + 1;
+  if (heap_.capacity() < need)
+    heap_.reserve(std::max<std::size_t>({need, 2 * heap_.capacity(), 16}));
+}
+
+bool timers::push(timer* t) noexcept {
+  GORT_ASSERT(heap_.size() < heap_.capacity(), "timer heap: no room for an add");
   t->heap.store(this, std::memory_order_relaxed);
   t->seq = seq_++;
-  heap_.push_back(t);
+  heap_.push_back(t);  // within capacity: no allocation
   up(heap_.size() - 1);
   publish();
   return heap_[0] == t;
+}
+
+bool timers::add(timer* t) {
+  spin_guard l(mu_);
+  make_room();  // may throw: nothing changed yet
+  return push(t);
+}
+
+void timers::reserve() {
+  spin_guard l(mu_);
+  make_room();
+  ++reserved_;
+}
+
+bool timers::rearm_in_fire(timer* t) noexcept {
+  timers* h = fire_room;
+  GORT_CHECK(h, "timer re-armed in a fire outside timers::run");
+  fire_room = nullptr;
+  return h->add_reserved(t);
+}
+
+bool timers::add_reserved(timer* t) noexcept {
+  spin_guard l(mu_);
+  GORT_ASSERT(reserved_ > 0, "timer heap: add_reserved without a reserve");
+  --reserved_;
+  return push(t);
 }
 
 bool timers::remove(timer* t) noexcept {
@@ -93,9 +131,17 @@ int timers::run(std::int64_t now) {
       t->firing.fetch_add(1, std::memory_order_relaxed);
       t->heap.store(nullptr, std::memory_order_release);
       publish();
+      ++reserved_;  // the slot t left: capacity >= size + reserved_ still holds
     }
-    // Unlocked: fire may ready a G, which takes run-queue locks, or re-arm this very timer.
+    // Unlocked: fire may ready a G, which takes run-queue locks, or re-arm this very timer
+    // (rearm_in_fire, into the slot reserved above).
+    fire_room = this;
     t->fire(t);
+    if (fire_room) {  // not re-armed here
+      fire_room = nullptr;
+      spin_guard l(mu_);
+      --reserved_;
+    }
     t->firing.fetch_sub(1, std::memory_order_release);  // t's memory may be reused from here
     ++fired;
   }
@@ -113,6 +159,7 @@ void timers::clear() noexcept {
     t->heap.store(nullptr, std::memory_order_relaxed);
   }
   heap_.clear();
+  reserved_ = 0;
   publish();
 }
 

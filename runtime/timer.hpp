@@ -6,7 +6,10 @@
 // waits behind a long-running G), and `next` publishes the earliest deadline so the scheduler
 // can check "anything due?" without the lock or a clock read when there are no timers.
 //
-// Timers are intrusive (a G embeds its sleep timer): arming allocates nothing.
+// Timers are intrusive (a G embeds its sleep timer); the heap is an array of pointers, which
+// add() may have to grow. A timer armed in a step that must not fail (a park's commit, after
+// the switch) is armed with add_reserved() in room that reserve() made beforehand, where an
+// allocation failure can still be reported: invariant capacity >= size + reserved, under mu_.
 #pragma once
 
 #include <atomic>
@@ -44,7 +47,16 @@ bool timer_stop(timer* t) noexcept;
 class timers {
  public:
   // Arms t (t->when and t->fire set by the caller). Returns true if t became the earliest.
+  // Throws std::bad_alloc if the heap cannot grow (nothing armed then).
   bool add(timer* t);
+  // Makes room for one add_reserved(); throws std::bad_alloc (nothing reserved then).
+  void reserve();
+  // add() into room that reserve() made: never allocates.
+  bool add_reserved(timer* t) noexcept;
+  // From inside a timer's fire: re-arms it on the heap that is firing it, in the room its
+  // removal left (run() keeps that room reserved for the fire). Never allocates; returns
+  // whether it became that heap's earliest.
+  static bool rearm_in_fire(timer* t) noexcept;
   // Disarms t if it is armed here; true if it was.
   bool remove(timer* t) noexcept;
   // Fires every timer due at `now`. Returns how many fired.
@@ -59,9 +71,12 @@ class timers {
   void up(std::size_t i) noexcept;
   void down(std::size_t i) noexcept;
   void publish() noexcept { next_.store(heap_.empty() ? 0 : heap_[0]->when, std::memory_order_release); }
+  void make_room();  // capacity for one more beyond size + reserved_ (under mu_)
+  bool push(timer* t) noexcept;  // into existing capacity (under mu_)
 
   mutable spinlock mu_;
   std::vector<timer*> heap_;
+  std::size_t reserved_ = 0;  // add_reserved() calls to come: capacity >= size + reserved_
   std::uint64_t seq_ = 0;
   std::atomic<std::int64_t> next_{0};
 };

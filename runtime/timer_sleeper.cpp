@@ -76,6 +76,16 @@ void arm_timer(p* pp, timer* t) {
   if (pp->tm.add(t)) timer_poke(when);
 }
 
+void arm_timer_reserved(p* pp, timer* t) noexcept {
+  const std::int64_t when = t->when;
+  if (pp->tm.add_reserved(t)) timer_poke(when);
+}
+
+void rearm_timer_in_fire(timer* t) noexcept {
+  const std::int64_t when = t->when;
+  if (timers::rearm_in_fire(t)) timer_poke(when);
+}
+
 void arm_timer_here(timer* t, const char* who) {
   if (m* mp = getm()) {
     arm_timer(mp->curp ? mp->curp : sched.ps[0], t);

@@ -13,6 +13,10 @@ namespace gort::rt {
 // Arms t (t->when and t->fire set) on pp's heap and, if it became pp's earliest, makes sure the
 // timer sleeper wakes for it. t may fire (on another M) as soon as this returns.
 void arm_timer(p* pp, timer* t);
+// arm_timer into room made by pp->tm.reserve(): allocates nothing, for a park's commit.
+void arm_timer_reserved(p* pp, timer* t) noexcept;
+// From inside t's own fire: arms t again on the heap firing it (timers::rearm_in_fire).
+void rearm_timer_in_fire(timer* t) noexcept;
 // Arms t on the caller's P. On an M without a P (a timer's fire on g0): P 0's heap. On a thread
 // that is no M: P 0's heap, counted as a foreign submitter so shutdown waits for it; throws
 // std::logic_error naming `who` when no runtime runs.

@@ -33,11 +33,28 @@ struct wait_state {
   timer tm;                               // the deadline, for a G
 };
 
+// A waker that took a party off a queue (claim, or take_sole) owns it until finish(). A plain
+// thread counts itself in sched.foreign for that time: the party may be a G, whose node,
+// wait_state and descriptor live on its stack, and a shutdown that abandoned it unmaps that
+// stack after waiting for sched.foreign to drain (g_shutdown). The count starts under the
+// queue's lock, so a shutdown that takes that lock afterwards (to detach the abandoned G)
+// sees it. finish() ends it, on the same thread.
+inline void waker_enter() noexcept {
+  if (!getm()) sched.foreign.fetch_add(1, std::memory_order_seq_cst);
+}
+
 // Waker: takes the exclusive right to release ws. True: publish results, then finish(ws).
 inline bool claim(wait_state& ws) noexcept {
   std::uint32_t expect = wait_state::pending;
-  return ws.v.compare_exchange_strong(expect, wait_state::claimed, std::memory_order_acq_rel);
+  if (!ws.v.compare_exchange_strong(expect, wait_state::claimed, std::memory_order_acq_rel))
+    return false;
+  waker_enter();
+  return true;
 }
+
+// Waker: takes a party that nobody else can race for (no deadline, not a select) without a
+// claim; finish(ws) follows as after claim().
+inline void take_sole(wait_state&) noexcept { waker_enter(); }
 
 // Releases the party blocked on ws (claimed by the caller). Its memory may vanish as soon as
 // this returns, or for a thread, as soon as the state is stored: nothing is read after that.
