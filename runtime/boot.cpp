@@ -2,11 +2,11 @@
 //
 // Boot: validate the settings, claim the single runtime slot (sched.state stopped -> starting),
 // build the Ps and the main G, go to running, install the signal handlers, then start the first
-// M (holding P 0 with the main G queued), a spare M and sysmon. Shutdown, once the main G's
-// body returned: go to stopping, wait for foreign submitters in flight, wake every M until all
-// have exited (an M running a G exits when that G next enters the scheduler; the G is
-// abandoned), stop sysmon, join the threads, free everything, go to stopped, put the signal
-// actions back. A failure before the first thread starts undoes everything.
+// M (holding P 0 with the main G queued), a spare M, the M factory and sysmon. Shutdown, once
+// the main G's body returned: go to stopping, stop the M factory, wait for foreign submitters
+// in flight, wake every M until all have exited (an M running a G exits when that G next
+// enters the scheduler; the G is abandoned) and the factory is done, stop sysmon, join the
+// threads, free everything, go to stopped, put the signal actions back. A failure before the first thread starts undoes everything.
 #include "boot.hpp"
 
 #include <chrono>
@@ -22,6 +22,7 @@
 #include "env.hpp"
 #include "g.hpp"
 #include "m.hpp"
+#include "mfactory.hpp"
 #include "overflow.hpp"
 #include "pin.hpp"
 #include "preempt.hpp"
@@ -176,6 +177,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   // One spare M, parked: the first hand-off (a preemption, a long blocking call) would
   // otherwise wait for a thread to be created, measured at 2-4 ms here.
   if (sched.sysmon_on && sched.max_threads > 1) newm(nullptr, spin::no);
+  mfactory_start();  // from here on the only creator of Ms
   sysmon_start();
 
   mc.done.sleep();
@@ -185,6 +187,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   // scheduler; the G is abandoned.
   sched.state.store(run_state::stopping, std::memory_order_seq_cst);
   sched.sysmon_note.wakeup();  // it stops Gs that are still running (sysmon.cpp)
+  mfactory_quit();  // an M it is creating now is in sched.ms before the factory exits
   while (sched.foreign.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   std::vector<m*> ms;
   {
@@ -193,12 +196,13 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   }
   for (;;) {
     for (m* mp : ms) mp->park.wakeup();
-    if (sched.nmrunning.load() == 0) break;
+    if (sched.nmrunning.load() == 0 && !mfactory_alive()) break;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     spin_guard l(sched.lock);
     ms.assign(sched.ms.begin(), sched.ms.end());
   }
   sysmon_stop();  // before the joins: it may still be signalling a thread on its way out
+  mfactory_join();
   for (m* mp : ms)
     if (mp->thr.joinable()) mp->thr.join();
   teardown();

@@ -289,6 +289,8 @@ struct sched_t {
   // retaken from blocking calls.
   std::atomic<std::uint64_t> npreempted{0};
   std::atomic<std::uint64_t> nretaken{0};
+  // Holds sysmon gave back because no M could take the P (sysmon.cpp, take_preempted).
+  std::atomic<std::uint64_t> nholds_declined{0};
 
   // Deadlock detection (deadlock.cpp). main_g: the main G while it has not finished.
   std::atomic<g*> main_g{nullptr};

@@ -48,6 +48,7 @@
 #include "deadlock.hpp"
 #include "g.hpp"
 #include "m.hpp"
+#include "mfactory.hpp"
 #include "preempt.hpp"
 #include "proc.hpp"
 
@@ -75,6 +76,18 @@ struct psample {
 std::thread* monitor = nullptr;
 std::atomic<bool> quit{false};
 
+// The M held for preemption on pp gets pp back (preempt.cpp, hold_for_preemption: it resumes
+// its G, which runs a new slice), and the factory is asked for a parked M for next time.
+void decline_hold(m* mp, p* pp) {
+  pp->curm.store(nullptr, std::memory_order_relaxed);
+  mp->curp = nullptr;
+  pp->status.store(pidle, std::memory_order_release);
+  sched.nholds_declined.fetch_add(1, std::memory_order_relaxed);
+  mp->nextp_store(pp);
+  mp->park.wakeup();
+  mfactory_poke();
+}
+
 // Step 4 of preempt.cpp's protocol: the P's M is parked in the signal handler with its G.
 void take_preempted(p* pp) {
   // Claimed with a CAS: on shutdown the held M may be taking its P back at the same moment
@@ -84,6 +97,13 @@ void take_preempted(p* pp) {
   if (!pp->status.compare_exchange_strong(expect, ptaking, std::memory_order_acq_rel)) return;
   m* mp = pp->curm.load(std::memory_order_relaxed);
   g* gp = mp->curg;
+  // The P goes to an M that exists (never to a new one: creating it could wait on a lock gp
+  // holds). With none, the hold is declined: the M gets its own P back and its G runs on.
+  m* to = claim_m(pp);
+  if (!to) {
+    decline_hold(mp, pp);
+    return;
+  }
   gp->lockedm = mp;
   set_status(gp, gstatus::running, gstatus::runnable);
   pp->curm.store(nullptr, std::memory_order_relaxed);
@@ -91,7 +111,8 @@ void take_preempted(p* pp) {
   pp->status.store(pidle, std::memory_order_release);
   globrunqput(gp);
   sched.npreempted.fetch_add(1, std::memory_order_relaxed);
-  handoffp(pp);  // the global queue is not empty: this starts an M on pp
+  to->nextp_store(pp);
+  to->park.wakeup();
 }
 
 // One look at every P. Returns whether anything needed doing; *next_deadline is lowered to
@@ -187,8 +208,12 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
         if (s.signalled == 0 || now - s.signalled >= resignal_ns) {
           // Holding the M costs a thread to run the P meanwhile: at the thread limit, the G is
           // left to cooperative preemption rather than making the program fail.
-          if (sched.async_preempt && (stopping || sched.nmrunning.load() + 1 < sched.max_threads))
-            preempt_m(mp);
+          // Nor is it held when no M could take its P (take_preempted): the factory is asked
+          // for one, and the next request (resignal_ns on) finds it.
+          if (sched.async_preempt && (stopping || sched.nmrunning.load() + 1 < sched.max_threads)) {
+            if (stopping || m_available(pp)) preempt_m(mp);
+            else mfactory_poke();
+          }
           s.signalled = now;
         }
         continue;
@@ -255,6 +280,7 @@ void sysmon_main() {
     std::int64_t deadline = now + long_cap;
     const std::int64_t prev = std::exchange(last_look, now);
     bool stale = false;
+    if (mfactory_pending()) reroute_requests();  // the factory may be blocked: mfactory.cpp
     if (retake(samples, now, prev, short_cap, &deadline, &stale)) {
       idle = 0;
       sleep = look_interval_ns;
