@@ -173,11 +173,12 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   if (sched.sysmon_on && sched.async_preempt && sched.max_threads >= 64)
     for (; sched.extra_spares < 16; ++sched.extra_spares) newm(nullptr, spin::no);
 #endif
-  if (!newm(sched.ps[0], spin::no)) GORT_THROW("cannot start the first M");
   // One spare M, parked: the first hand-off (a preemption, a long blocking call) would
   // otherwise wait for a thread to be created, measured at 2-4 ms here.
   if (sched.sysmon_on && sched.max_threads > 1) newm(nullptr, spin::no);
-  mfactory_start();  // from here on the only creator of Ms
+  // From here on the only creator of Ms; before the first M, which may already need one.
+  mfactory_start();
+  if (!newm(sched.ps[0], spin::no)) GORT_THROW("cannot start the first M");
   sysmon_start();
 
   mc.done.sleep();

@@ -117,7 +117,8 @@ void mfactory_join() {
 
 bool mfactory_request(p* pp, spin spinning) {
   sched.lock.assert_held();
-  if (!factory || !alive.load(std::memory_order_relaxed)) return false;
+  // After mfactory_quit the P stays queued: shutdown needs no new M.
+  if (!factory) return false;
   GORT_ASSERT(!pp->link, "P %u queued for a new M while linked", pp->id);
   p*& head = spinning == spin::yes ? want_spin : want_plain;
   pp->link = head;

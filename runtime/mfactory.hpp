@@ -8,7 +8,7 @@
 
 namespace gort::rt {
 
-// Boot, after the first M and the reserve: starts the factory thread. If the OS refuses it,
+// Boot, after the reserve and before the first M: starts the factory thread. If the OS refuses it,
 // startm creates Ms itself, as before there was a factory (one warning).
 void mfactory_start();
 // Shutdown: tells the factory to stop (it creates no M from here on) and wakes it.
