@@ -2,10 +2,12 @@
 // paths never create a thread or allocate (mfactory.cpp does that), so a G stopped with the
 // allocator's lock held never wedges the runtime; the parked reserve refills.
 //
-// The whole process runs with one malloc arena (mallopt(M_ARENA_MAX, 1) before main, before
-// any thread exists): every thread then shares the main arena's lock, as glibc makes threads
-// do once they outnumber its arenas, so a G stopped inside malloc holds the lock every other
-// allocation in the process needs.
+// The process allocates with glibc's malloc (test/meson.build puts libc ahead of libmimalloc,
+// as in a program linked against libgort.so only), with one arena (mallopt(M_ARENA_MAX, 1)
+// before main, before any thread exists): every thread then shares the main arena's lock, as
+// glibc makes threads do once they outnumber its arenas, so a G stopped inside malloc holds
+// the lock every other allocation in the process needs, thread creation's included. The
+// runtime's own allocations go to mimalloc.
 #include <catch2/catch_test_macros.hpp>
 #include <gort/gort.hpp>
 #include <malloc.h>
@@ -75,7 +77,7 @@ hold_result malloc_loops(unsigned procs, int gs, long iters) {
 
 // Before the reserve and the M factory, sysmon created the M to hand a held G's P to (new m,
 // std::thread) and blocked on the arena lock that G held: no hand-off, retake or preemption
-// ever again (every run hung here, procs 1 and 2).
+// ever again (the first procs = 1 child hung until its alarm in every try).
 TEST_CASE("Gs held for preemption inside malloc never wedge the runtime", "[hold]") {
   clean_env env;
   const long iters = 1'000'000 / test_scale();
@@ -90,7 +92,7 @@ TEST_CASE("Gs held for preemption inside malloc never wedge the runtime", "[hold
             if (h.done != 16) std::_Exit(10);
             if (h.preempted == 0) std::_Exit(11);
           },
-          30);
+          60);
       INFO(r.out);
       CHECK_FALSE(r.died_by(SIGALRM));
       REQUIRE(r.exited(0));
