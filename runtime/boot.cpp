@@ -2,13 +2,14 @@
 //
 // Boot: validate the settings, claim the single runtime slot (sched.state stopped -> starting),
 // build the Ps and the main G, go to running, install the signal handlers, then start the first
-// M (holding P 0 with the main G queued), a spare M and sysmon. Shutdown, once the main G's
-// body returned: set the cut-off, go to stopping, wait for foreign submitters in flight, wake
-// every M until all have exited but those left inside blocking calls (an M running a G exits
-// when that G next enters the scheduler, Gs stopped by preemption included, which run on to get
-// there until the cut-off; the G is abandoned), stop sysmon, join the threads (detach the left
-// ones), name the Gs cut off, free everything but what the left Ms may touch, go to stopped, put
-// the signal actions back. A failure before the first thread starts undoes everything.
+// M (holding P 0 with the main G queued), a spare M, the M factory and sysmon. Shutdown, once
+// the main G's body returned: set the cut-off, go to stopping, stop the M factory, wait for
+// foreign submitters in flight, wake every M until all have exited but those left inside
+// blocking calls (an M running a G exits when that G next enters the scheduler, Gs stopped by
+// preemption included, which run on to get there until the cut-off; the G is abandoned) and
+// the factory is done, stop sysmon, join the threads (detach the left ones), name the Gs cut
+// off, free everything but what the left Ms may touch, go to stopped, put the signal actions
+// back. A failure before the first thread starts undoes everything.
 // docs/design.md, "Shutdown with Gs in user code or in blocking calls", has the protocols.
 //
 // Concurrency: run_main alone moves the state; an M learns of shutdown from it. Deciding that an
@@ -38,6 +39,7 @@
 #include "fork.hpp"
 #include "g.hpp"
 #include "m.hpp"
+#include "mfactory.hpp"
 #include "overflow.hpp"
 #include "pin.hpp"
 #include "preempt.hpp"
@@ -315,10 +317,12 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   if (sched.sysmon_on && sched.async_preempt && sched.max_threads >= 64)
     for (; sched.extra_spares < 16; ++sched.extra_spares) newm(nullptr, spin::no);
 #endif
-  if (!newm(sched.ps[0], spin::no)) GORT_THROW("cannot start the first M");
   // One spare M, parked: the first hand-off (a preemption, a long blocking call) would
   // otherwise wait for a thread to be created, measured at 2-4 ms here.
   if (sched.sysmon_on && sched.max_threads > 1) newm(nullptr, spin::no);
+  // From here on the only creator of Ms; before the first M, which may already need one.
+  mfactory_start();
+  if (!newm(sched.ps[0], spin::no)) GORT_THROW("cannot start the first M");
   sysmon_start();
 
   mc.done.sleep();
@@ -330,6 +334,7 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   cut_off_at.store(nanotime() + shutdown_grace_ns, std::memory_order_release);
   sched.state.store(run_state::stopping, std::memory_order_seq_cst);
   sched.sysmon_note.wakeup();  // it stops Gs that are still running (sysmon.cpp)
+  mfactory_quit();  // an M it is creating now is in sched.ms before the factory exits
   while (sched.foreign.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   std::vector<m*> ms, left;
   std::vector<g*> kept;
@@ -340,12 +345,13 @@ void run_main(const config& cfg, gort::detail::body_fn body, void* frame) {
   for (;;) {
     for (m* mp : ms) mp->park.wakeup();
     abandon_calls(ms, left, kept);
-    if (sched.nmrunning.load() == left.size()) break;
+    if (sched.nmrunning.load() == left.size() && !mfactory_alive()) break;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     spin_guard l(sched.lock);
     ms.assign(sched.ms.begin(), sched.ms.end());
   }
   sysmon_stop();  // before the joins: it may still be signalling a thread on its way out
+  mfactory_join();
   for (m* mp : ms) {
     if (std::find(left.begin(), left.end(), mp) != left.end()) mp->thr.detach();
     else if (mp->thr.joinable()) mp->thr.join();

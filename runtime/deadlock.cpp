@@ -24,6 +24,7 @@
 
 #include "deadlock.hpp"
 
+#include "mfactory.hpp"
 #include "sched.hpp"
 
 namespace gort::rt {
@@ -71,10 +72,11 @@ bool all_asleep(snapshot* snap) {
     if (!pp->q.empty() || pp->tm.next() != 0) return false;
     ticks += pp->schedtick.load(std::memory_order_relaxed) + pp->syscalltick.load(std::memory_order_relaxed);
   }
-  // Runtime threads: the Ms and sysmon (the caller). Anything beyond those and the threads
-  // that existed when run() began is a foreign thread that may yet wake someone.
+  // Runtime threads: the Ms, sysmon (the caller) and the M factory. Anything beyond those and
+  // the threads that existed when run() began is a foreign thread that may yet wake someone.
   const int threads = count_threads();
-  if (threads < 0 || threads > sched.threads_at_start + static_cast<int>(sched.nmrunning.load()) + 1)
+  if (threads < 0 || threads > sched.threads_at_start + static_cast<int>(sched.nmrunning.load()) + 1 +
+                                   int{mfactory_alive()})
     return false;
   bool waiting = false;
   {

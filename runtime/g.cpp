@@ -265,8 +265,7 @@ g* gcreate() {
   g* gp = ::new (at) g;
   gp->stk = s;
   spin_guard l(sched.lock);
-  gp->allg_index = static_cast<std::uint32_t>(sched.allg.size());
-  sched.allg.push_back(gp);
+  gp->allg_index = static_cast<std::uint32_t>(sched.allg.push_back_unlocked_growth(gp, sched.lock));
   return gp;
 }
 

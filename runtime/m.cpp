@@ -3,6 +3,12 @@
 // locked Gs (stoplockedm, startlockedm), an M's start and exit, the idle-M list, and the
 // runtime's per-M random numbers.
 //
+// Who creates Ms: boot (the first M and the parked reserve) and, once the runtime runs, only
+// the M factory (mfactory.cpp). startm never creates one: with no idle M it gives the P to the
+// M of a wired G waiting in the global queue (claim_m), or queues it for the factory. So
+// nothing that hands Ps on (sysmon, the Ms, foreign threads waking a P) allocates or waits for
+// a lock that thread creation takes and a G stopped by the preemption signal may hold.
+//
 // Concurrency: an M's own fields are written by its thread; another thread hands it a P only
 // through m::nextp (a release store) followed by a wake-up of m::park, and the M takes it with
 // an exchange (await_p), so a P is never held by two Ms. The idle-M list is under sched.lock.
@@ -19,6 +25,7 @@
 
 #include "alloc.hpp"
 #include "check.hpp"
+#include "mfactory.hpp"
 #include "overflow.hpp"
 #include "preempt.hpp"
 #include "proc.hpp"
@@ -102,7 +109,7 @@ bool mremove(m* mp) {
 
 namespace {
 
-void mstart(m* mp);
+void mstart(m* mp, bool spare);
 
 // The OS refusing threads (RLIMIT_NPROC, kernel.threads-max, memory) is reported once per
 // episode, which runs from a failed thread creation to the next successful one. Every hand-off
@@ -110,6 +117,12 @@ void mstart(m* mp);
 // blocking calls), thousands of times in a run, and each failure would say the same thing.
 // Process-wide, like the limits that cause it. Set under sched.lock (stopm reads it there).
 std::atomic<bool> refusing{false};
+
+// Spares created whose threads have not yet parked (mstart): a thread's start-up allocates
+// (thread_local destructors, the alternate signal stack) and so may wait on a lock a held G
+// holds. A spare goes on the idle list only once that is behind it, ready to take a P with
+// nothing left to allocate.
+std::uint32_t spares_starting GORT_GUARDED_BY(sched.lock) = 0;
 
 void threads_refused(const std::system_error& e, std::size_t have) {
   std::fprintf(stderr,
@@ -135,22 +148,24 @@ m* newm(p* pp, spin spinning) {
   {
     spin_guard l(sched.lock);
     nm = sched.ms.size();
+    if (!pp && nm < sched.max_threads) spares_starting++;
   }
   if (nm >= sched.max_threads) die_threads();
   auto* mp = new m;
   mp->watch.resize(sched.nprocs);
-  mp->homes.reserve(sched.nprocs);  // heap_adopt (acquirep) then never allocates
+  // heap_adopt appends here when the M first holds a P, possibly one handed to it by sysmon
+  // while a held G holds the allocator's lock: room for every P now, on the factory.
+  mp->homes.reserve(sched.nprocs);
   mp->spinning = spinning == spin::yes;
   mp->nextp_store(pp);
   {
     spin_guard l(sched.lock);
-    mp->id = static_cast<std::uint32_t>(sched.ms.size());
-    sched.ms.push_back(mp);
+    mp->id = static_cast<std::uint32_t>(sched.ms.push_back_unlocked_growth(mp, sched.lock));
   }
   mp->rand = 0x9E3779B97F4A7C15ull * (std::uint64_t{mp->id} + 1) ^ reinterpret_cast<std::uintptr_t>(mp);
   sched.nmrunning.fetch_add(1);
   try {
-    mp->thr = std::thread(mstart, mp);
+    mp->thr = std::thread(mstart, mp, pp == nullptr);
   } catch (const std::system_error& e) {
     // No thread: undo and give the P back. An idle P holds no Gs (pidleput), so its queue goes
     // to the global queue, where the Ms that exist find it when they next look for work.
@@ -176,6 +191,7 @@ m* newm(p* pp, spin spinning) {
       sched.ms.erase(std::find(sched.ms.begin(), sched.ms.end(), mp));
       have = sched.ms.size();
       first = !refusing.exchange(true, std::memory_order_relaxed);
+      if (!pp) spares_starting--;
       // An M that went idle since the caller looked (startm's mget) takes the P and the work
       // instead: it may have checked the global queue before these Gs arrived (stopm).
       if (pp && (moved || sched.nglobal.load(std::memory_order_relaxed) != 0)) idle = mget();
@@ -192,14 +208,118 @@ m* newm(p* pp, spin spinning) {
   return mp;
 }
 
-bool m_available() {
+std::uint32_t nmidle_soon() {
+  sched.lock.assert_held();
+  return sched.nmidle + spares_starting;
+}
+
+namespace {
+
+// Takes the first G in the global queue that is wired to an M (held for preemption, or locked
+// to its thread) out of the queue; its M waits for a P (await_p) to run it. O(global queue);
+// only when no idle M exists.
+g* take_wired() GORT_REQUIRES(sched.lock) { return globrunq_find_wired(true); }
+
+bool has_wired() GORT_REQUIRES(sched.lock) { return globrunq_find_wired(false) != nullptr; }
+
+// pp goes to the M of a wired G, which runs that G alone until the G leaves: Gs queued on pp
+// would wait behind it, for ever if it blocks on a lock that one of them holds (a G held inside
+// malloc, say, moved to a run queue from the global one). They go to the global queue, where
+// any M finds them and where take_wired reaches the wired ones among them. pp belongs to no M
+// yet, so nobody else takes from its queue as owner (thieves may still steal).
+void spill_local(p* pp) {
+  while (g* gp = pp->q.owner().get_oldest()) globrunqput(gp);
+  if (g* gp = pp->q.owner().get()) globrunqput(gp);  // runnext
+}
+
+}  // namespace
+
+m* claim_m(p* pp) {
+  m* mp;
+  {
+    spin_guard l(sched.lock);
+    mp = mget();
+    if (mp) mp->spinning = false;
+  }
+  if (!mp) {
+    // The wired Gs queued on pp (held Gs a thief or the global queue's fair share brought
+    // there) are candidates too: among them may be the one whose lock everyone waits for.
+    spill_local(pp);
+    spin_guard l(sched.lock);
+    if (g* gp = take_wired()) mp = gp->lockedm;
+  }
+  mfactory_poke();  // the reserve, for the next G to hold (only wakes a sleeping factory)
+  return mp;
+}
+
+void reroute_requests() {
+  for (;;) {
+    p* pp;
+    spin s;
+    m* nm;
+    g* wired = nullptr;
+    {
+      spin_guard l(sched.lock);
+      if (!mfactory_pending()) return;
+      nm = mget();
+      if (!nm && !(wired = take_wired())) return;
+      pp = mfactory_take(&s);
+      if (!wired) {
+        nm->spinning = s == spin::yes;
+      } else {
+        nm = wired->lockedm;
+        if (s == spin::yes && sched.nmspinning.fetch_sub(1, std::memory_order_seq_cst) == 0)
+          GORT_THROW("nmspinning went negative");
+      }
+    }
+    nm->nextp_store(pp);
+    nm->park.wakeup();
+  }
+}
+
+void fail_requests() {
+  for (;;) {
+    p* pp;
+    spin s;
+    {
+      spin_guard l(sched.lock);
+      pp = mfactory_take(&s);
+    }
+    if (!pp) return;
+    spill_local(pp);
+    m* idle = nullptr;
+    {
+      spin_guard l(sched.lock);
+      if (s == spin::yes && sched.nmspinning.fetch_sub(1, std::memory_order_seq_cst) == 0)
+        GORT_THROW("nmspinning went negative");
+      // As in newm's failure path: an M that went idle since may have looked at the global
+      // queue before these Gs arrived.
+      if (sched.nglobal.load(std::memory_order_relaxed) != 0) idle = mget();
+      if (!idle) pidleput(pp);
+    }
+    if (idle) {
+      idle->nextp_store(pp);
+      idle->park.wakeup();
+    }
+  }
+}
+
+bool m_available(p* pp) {
+  if (!pp->q.empty()) return true;  // claim_m looks for a wired G there: the answer comes then
   spin_guard l(sched.lock);
-  return sched.nmidle != 0 || sched.ms.size() < sched.max_threads || globrunq_find_wired(false);
+  return sched.nmidle != 0 || has_wired();
+}
+
+bool m_within_limit() {
+  spin_guard l(sched.lock);
+  return nmidle_soon() != 0 || has_wired() || sched.ms.size() < sched.max_threads;
 }
 
 // With spin::yes the caller has already counted the new M in nmspinning.
 void startm(p* pp, spin spinning) {
   m* nm;
+  g* wired = nullptr;
+  bool queued = false;
   {
     spin_guard l(sched.lock);
     if (!pp) {
@@ -211,32 +331,31 @@ void startm(p* pp, spin spinning) {
       }
     }
     nm = mget();
-    if (nm) {
-      nm->spinning = spinning == spin::yes;
-      nm->nextp_store(pp);
-    }
+    if (nm) nm->spinning = spinning == spin::yes;
   }
   if (!nm) {
-    // At the thread limit, an M already waiting for a P to run its wired G (a G held for
-    // preemption, back from the kernel, or locked to its thread) takes this one, with the G:
-    // no new thread needed. Without this a G holding a lock and waiting for a P would wait for
-    // ever behind Ps whose Gs wait for that lock (the std::mutex convoy at max_threads).
-    m* lm = nullptr;
-    {
-      spin_guard l(sched.lock);
-      if (sched.ms.size() >= sched.max_threads)
-        if (g* wg = globrunq_find_wired(true)) lm = wg->lockedm;
-      if (lm && spinning == spin::yes && sched.nmspinning.fetch_sub(1, std::memory_order_seq_cst) == 0)
+    // Before looking for a wired G: pp's queue may hold one (see claim_m).
+    spill_local(pp);
+    spin_guard l(sched.lock);
+    if ((wired = take_wired())) {
+      // No idle M, but one waits for a P to run its wired G: it takes this one. It does not
+      // spin (it has a G to run), so a spinning count made for the M is given back.
+      nm = wired->lockedm;
+      if (spinning == spin::yes && sched.nmspinning.fetch_sub(1, std::memory_order_seq_cst) == 0)
         GORT_THROW("nmspinning went negative");
+    } else if (mfactory_request(pp, spinning)) {
+      queued = true;
     }
-    if (lm) {
-      lm->nextp_store(pp);
-      lm->park.wakeup();
-      return;
-    }
-    newm(pp, spinning);
+  }
+  if (queued) {
+    mfactory_poke();
     return;
   }
+  if (!nm) {
+    newm(pp, spinning);  // no factory thread (the OS refused it at boot)
+    return;
+  }
+  nm->nextp_store(pp);
   nm->park.wakeup();
 }
 
@@ -348,7 +467,8 @@ void mexit(m* mp) {
   sched.nmrunning.fetch_sub(1);
 }
 
-void mstart(m* mp) {
+// spare: started without a P; it parks itself on the idle list once its start-up is done.
+void mstart(m* mp, bool spare) {
   setm(mp);
   mp->tid = static_cast<unsigned long>(pthread_self());
   mp->has_cpuclock = pthread_getcpuclockid(pthread_self(), &mp->cpuclock) == 0;
@@ -360,8 +480,16 @@ void mstart(m* mp) {
   // everything before gort::run to take its signals with sigwait keeps them that way.
   unblock_fault_signals();
   unblock_preempt_signal();
-  if (p* pp = mp->nextp_take()) acquirep(mp, pp);
-  schedule(mp);  // without a P it parks first (a spare M)
+  if (spare) {
+    {
+      spin_guard l(sched.lock);
+      spares_starting--;
+      mput(mp);
+    }
+    reroute_requests();  // the M factory made it for a queued P, if there is one
+  }
+  if (p* pp = spare ? await_p(mp) : mp->nextp_take()) acquirep(mp, pp);
+  if (mp->curp) schedule(mp);  // a spare without a P: the runtime stopped
   mexit(mp);
 }
 

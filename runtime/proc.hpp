@@ -39,7 +39,7 @@ void globrunqput(g* gp);
 // Takes gp out of the global queue if it is there (O(queue); shutdown only: preempt.cpp).
 bool globrunqremove(g* gp) GORT_REQUIRES(sched.lock);
 // The first G in the global queue wired to an M (lockedm), which waits for a P to run it;
-// unlinked if `take`. A walk of the queue: for the thread limit's slow path only (m.cpp).
+// unlinked if `take`. A walk of the queue: only when no idle M exists (m.cpp, take_wired).
 g* globrunq_find_wired(bool take) GORT_REQUIRES(sched.lock);
 // The global queue's length, a hint read without the lock.
 inline std::uint32_t global_queue_hint() noexcept {

@@ -318,6 +318,8 @@ struct sched_t {
   // how many so far, and how many Ms are in that state now (sysmon watches them while > 0).
   std::atomic<std::uint64_t> nkernel_found{0};
   std::atomic<std::uint32_t> nkernel{0};
+  // Holds sysmon gave back because no M could take the P (sysmon.cpp, take_preempted).
+  std::atomic<std::uint64_t> nholds_declined{0};
 
   // Deadlock detection (deadlock.cpp). main_g: the main G while it has not finished.
   std::atomic<g*> main_g{nullptr};

@@ -5,7 +5,8 @@
 // objects of static storage duration while the Ms keep running; a std::vector inside `sched`
 // was freed under them (a SIGSEGV instead of the exit status asked for). A static_vec is never
 // destroyed: boot.cpp's teardown frees its memory with reset(), after every M has exited.
-// Elements are trivially copyable (pointers and integers), moved with memcpy on growth.
+// Elements are trivially copyable (pointers and integers), moved with memcpy on growth. Memory
+// comes from the runtime's allocator (alloc.hpp).
 #pragma once
 
 #include <cstdlib>
@@ -14,8 +15,14 @@
 #include <type_traits>
 
 #include "check.hpp"
+#include "lock.hpp"
 
 namespace gort::rt {
+
+// alloc.hpp: the runtime's allocator (mimalloc, not the program's malloc, whose locks a G
+// stopped for preemption may hold).
+void* alloc(std::size_t n);
+void free_mem(void* ptr) noexcept;
 
 template <class T>
 class static_vec {
@@ -45,12 +52,45 @@ class static_vec {
   void push_back(T v) {
     if (n_ == cap_) {
       const std::size_t cap = cap_ ? 2 * cap_ : 16;
-      void* q = std::realloc(p_, cap * sizeof(T));
-      if (!q) throw std::bad_alloc();
+      void* q = alloc(cap * sizeof(T));  // throws std::bad_alloc
+      if (n_) std::memcpy(q, p_, n_ * sizeof(T));
+      free_mem(p_);
       p_ = static_cast<T*>(q);
       cap_ = cap;
     }
     p_[n_++] = v;
+  }
+  // For an array guarded by a runtime spinlock `l`, which the caller holds: appends v and
+  // returns its index, growing the array with `l` released, since no allocation may run under a
+  // runtime lock (a G stopped for preemption inside malloc may hold the allocator's lock, and
+  // everyone who then wants `l` would wait for that G: docs/design.md, "The M factory"). `l` is
+  // held again on return, also when this throws std::bad_alloc (array unchanged).
+  template <class Lock>
+  std::size_t push_back_unlocked_growth(T v, Lock& l) GORT_NO_TSA {
+    while (n_ == cap_) {
+      const std::size_t cap = cap_ ? 2 * cap_ : 16;
+      l.unlock();
+      void* q;
+      try {
+        q = alloc(cap * sizeof(T));
+      } catch (...) {
+        l.lock();
+        throw;
+      }
+      l.lock();
+      void* old = q;
+      if (cap_ < cap) {  // nobody grew it meanwhile
+        if (n_) std::memcpy(q, p_, n_ * sizeof(T));
+        old = p_;
+        p_ = static_cast<T*>(q);
+        cap_ = cap;
+      }
+      l.unlock();
+      free_mem(old);
+      l.lock();
+    }
+    p_[n_] = v;
+    return n_++;
   }
   void pop_back() noexcept {
     GORT_ASSERT(n_ > 0, "static_vec: pop_back of an empty array");
@@ -65,7 +105,7 @@ class static_vec {
   void clear() noexcept { n_ = 0; }
   // Frees the memory (teardown).
   void reset() noexcept {
-    std::free(p_);
+    free_mem(p_);
     p_ = nullptr;
     n_ = cap_ = 0;
   }

@@ -49,6 +49,7 @@
 #include "g.hpp"
 #include "kernel_wait.hpp"
 #include "m.hpp"
+#include "mfactory.hpp"
 #include "preempt.hpp"
 #include "proc.hpp"
 
@@ -93,6 +94,18 @@ bool kernel_probe_worth(p* pp, std::int64_t stuck_ns) {
 std::thread* monitor = nullptr;
 std::atomic<bool> quit{false};
 
+// The M held for preemption on pp gets pp back (preempt.cpp, hold_for_preemption: it resumes
+// its G, which runs a new slice), and the factory is asked for a parked M for next time.
+void decline_hold(m* mp, p* pp) {
+  pp->curm.store(nullptr, std::memory_order_relaxed);
+  mp->curp = nullptr;
+  pp->status.store(pidle, std::memory_order_release);
+  sched.nholds_declined.fetch_add(1, std::memory_order_relaxed);
+  mp->nextp_store(pp);
+  mp->park.wakeup();
+  mfactory_poke();
+}
+
 // Step 4 of preempt.cpp's protocol: the P's M is parked in the signal handler with its G.
 void take_preempted(p* pp) {
   // Claimed with a CAS: on shutdown the held M may be taking its P back at the same moment
@@ -102,6 +115,13 @@ void take_preempted(p* pp) {
   if (!pp->status.compare_exchange_strong(expect, ptaking, std::memory_order_acq_rel)) return;
   m* mp = pp->curm.load(std::memory_order_relaxed);
   g* gp = mp->curg;
+  // The P goes to an M that exists (never to a new one: creating it could wait on a lock gp
+  // holds). With none, the hold is declined: the M gets its own P back and its G runs on.
+  m* to = claim_m(pp);
+  if (!to) {
+    decline_hold(mp, pp);
+    return;
+  }
   gp->lockedm = mp;
   set_status(gp, gstatus::running, gstatus::runnable);
   pp->curm.store(nullptr, std::memory_order_relaxed);
@@ -109,7 +129,8 @@ void take_preempted(p* pp) {
   pp->status.store(pidle, std::memory_order_release);
   globrunqput(gp);
   sched.npreempted.fetch_add(1, std::memory_order_relaxed);
-  handoffp(pp);  // the global queue is not empty: this starts an M on pp
+  to->nextp_store(pp);
+  to->park.wakeup();
 }
 
 // One look at every P. Returns whether anything needed doing; *next_deadline is lowered to
@@ -165,7 +186,7 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
       // G found asleep in a plain call only if an M can take the P within max_threads: that
       // hand-off is an optimisation, and the call gives the P back when it returns.
       if (m* cm = pp->curm.load(std::memory_order_relaxed);
-          cm && cm->kstate.load(std::memory_order_relaxed) && !m_available())
+          cm && cm->kstate.load(std::memory_order_relaxed) && !m_within_limit())
         continue;
       std::uint32_t expect = st;
       if (pp->status.compare_exchange_strong(expect, pidle, std::memory_order_acq_rel)) {
@@ -208,7 +229,7 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
       // the P go in the first case. Asked at most once a resignal_ns per slice.
       if (sched.async_preempt && ran >= 0 && ran * 2 < now - prev &&
           (s.probed != t || now - s.probed_at >= resignal_ns) && kernel_probe_worth(pp, now - s.schedwhen) &&
-          m_available()) {
+          m_within_limit()) {
         pp->kprobe_req.store(t, std::memory_order_relaxed);
         s.probed = t;
         s.probed_at = now;
@@ -234,8 +255,12 @@ bool retake(std::vector<psample>& ps, std::int64_t now, std::int64_t prev, std::
         if (s.signalled == 0 || now - s.signalled >= resignal_ns) {
           // Holding the M costs a thread to run the P meanwhile: at the thread limit, the G is
           // left to cooperative preemption rather than making the program fail.
-          if (sched.async_preempt && (stopping || sched.nmrunning.load() + 1 < sched.max_threads))
-            preempt_m(mp);
+          // Nor is it held when no M could take its P (take_preempted): the factory is asked
+          // for one, and the next request (resignal_ns on) finds it.
+          if (sched.async_preempt && (stopping || sched.nmrunning.load() + 1 < sched.max_threads)) {
+            if (stopping || m_available(pp)) preempt_m(mp);
+            else mfactory_poke();
+          }
           s.signalled = now;
         }
         continue;
@@ -304,12 +329,12 @@ void sysmon_main() {
     std::int64_t deadline = now + long_cap;
     const std::int64_t prev = std::exchange(last_look, now);
     bool stale = false;
+    if (mfactory_pending()) reroute_requests();  // the factory may be blocked: mfactory.cpp
     bool acted = retake(samples, now, prev, short_cap, &deadline, &stale);
     // Gs back from the kernel without a P (kernel_wait.cpp): while one computes, look often.
     if (sched.nkernel.load(std::memory_order_relaxed) != 0 && watch_kernel_ms()) stale = true;
     // Backstop for a G such a handler queued globally while a P was going idle. Not at
-    // shutdown: no new work starts then, and the M it might create could block on a lock that
-    // a G sysmon held keeps (the drain of held Gs waits for sysmon).
+    // shutdown: no new work starts then.
     if (running() && global_queue_hint() != 0 && sched.npidle.load(std::memory_order_relaxed) != 0 &&
         sched.nmspinning.load(std::memory_order_relaxed) == 0)
       wakep();
