@@ -40,13 +40,13 @@
 // creation and CPU rebinding (both call into libraries the G may have been interrupted in).
 //
 // Deadlock freedom: a G stopped while holding a std::mutex keeps it; a G on another P that
-// wants it blocks its M in the kernel, holding that P. sysmon sees that P's tick stand still
-// as well and preempts it too — the signal interrupts the futex wait (SA_RESTART resumes it
-// later) — so its P is handed on, and eventually a P reaches the lock holder's M. The price is
-// threads: one M per G held for preemption, bounded by config.max_threads. The argument
-// assumes a new M can start; a lock that thread start-up itself takes breaks it. Under ASan
-// every starting thread allocates, so a G held inside ASan's allocator could hang the M
-// meant to carry a P back to it: ASan builds start with parked spare Ms (proc.cpp, run_main).
+// wants it blocks its M in the kernel, holding that P. sysmon finds that M asleep in the kernel
+// and the handler lets its P go without holding the G (kernel_wait.cpp), so the P is handed
+// on, and eventually a P reaches the lock holder's M. The price is threads: one M per G held
+// for preemption or asleep in the kernel, bounded by config.max_threads. No hand-off waits for
+// a thread to be created (a lock that thread creation takes may be the one the held G holds):
+// sysmon holds a G only when a parked M, or the M of a wired G, can take its P, and only the M
+// factory creates threads (mfactory.cpp).
 //
 // SIGURG, like Go: its default action is to ignore it, and programs rarely use it (it signals
 // out-of-band socket data). A handler installed before gort::run is chained: every SIGURG gort

@@ -19,6 +19,21 @@ struct child_result {
   bool exited(int code) const { return WIFEXITED(status) && WEXITSTATUS(status) == code; }
 };
 
+// Reads the child's output from fd until EOF (then closes fd) into `out`, and reaps the child's
+// status; both retry on EINTR.
+inline void drain_and_reap(int fd, pid_t pid, std::string& out, int& status) {
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  close(fd);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+}
+
 // Runs f in a forked child (stdout and stderr captured, default actions for the fatal signals
 // that test frameworks intercept, no core dumps, an alarm after alarm_seconds so a hang ends in
 // SIGALRM). The child exits 0 if f returns, 3 if it throws; f may also end it itself.
@@ -52,15 +67,6 @@ child_result run_in_child(F&& f, unsigned alarm_seconds = 300) {
   }
   close(fds[1]);
   child_result r;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    r.out.append(buf, static_cast<std::size_t>(n));
-  }
-  close(fds[0]);
-  while (waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
-  }
+  drain_and_reap(fds[0], pid, r.out, r.status);
   return r;
 }

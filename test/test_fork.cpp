@@ -25,6 +25,7 @@
 #include <gort/gort.hpp>
 #include <gort/sync.hpp>
 
+#include "child.hpp"
 #include "test_util.hpp"
 
 using Catch::Matchers::ContainsSubstring;
@@ -77,16 +78,7 @@ forked fork_and(const std::function<void()>& f) {
     syscall(SYS_exit_group, code);  // not _exit: see child.hpp (TSan)
   }
   close(fds[1]);
-  char buf[1024];
-  for (;;) {
-    const ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    r.err.append(buf, static_cast<std::size_t>(n));
-  }
-  close(fds[0]);
-  while (waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
-  }
+  drain_and_reap(fds[0], pid, r.err, r.status);
   return r;
 }
 

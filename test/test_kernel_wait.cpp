@@ -47,6 +47,16 @@ struct pipe_fds {
   }
 };
 
+// One byte from fd with a plain read(), retried on EINTR (gort's signal may interrupt it);
+// the byte, or '?' if the read failed.
+char read_byte(int fd) {
+  char c = 0;
+  ssize_t n;
+  do n = read(fd, &c, 1);
+  while (n < 0 && errno == EINTR);
+  return n == 1 ? c : '?';
+}
+
 gort::config one_proc() {
   gort::config c = with_procs(1);
   c.detect_deadlock = false;  // the reader's release comes from a plain thread's write
@@ -86,11 +96,7 @@ TEST_CASE("a G asleep in a plain read() lets the Gs behind it run, and is not he
       rd.add(1);
       gort::go([&] {
         reading.store(true);
-        char c = 0;
-        ssize_t n;
-        do n = read(p.r, &c, 1);
-        while (n < 0 && errno == EINTR);
-        got = n == 1 ? c : '?';
+        got = read_byte(p.r);
         rd.done();
       });
       while (!reading.load()) gort::yield();
@@ -122,10 +128,7 @@ TEST_CASE("a G back from the kernel computing without runtime calls gets a P aga
       wg.add(1);
       gort::go([&] {
         reading.store(true);
-        char c = 0;
-        ssize_t n;
-        do n = read(p.r, &c, 1);
-        while (n < 0 && errno == EINTR);
+        (void)read_byte(p.r);
         // Back in its own code with no P. No runtime call here: only sysmon's signal can give
         // it one, which clears the state. The deadline only bounds the test.
         const auto give_up = std::chrono::steady_clock::now() + 20s;
@@ -232,10 +235,7 @@ TEST_CASE("run() returns while a G sleeps in a plain read(); its next gort call 
       gort::run(c, [rd] {
         const auto found = sched.nkernel_found.load();
         gort::go([rd] {
-          char ch;
-          ssize_t n;
-          do n = read(rd, &ch, 1);
-          while (n < 0 && errno == EINTR);
+          (void)read_byte(rd);
           came_back.fetch_add(1);
           gort::yield();
           went_past.fetch_add(1);  // never: the yield above is where its thread stops

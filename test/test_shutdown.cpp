@@ -35,6 +35,16 @@ gort::config preempting() {
   return c;
 }
 
+// The child printed "done" and exited 0, with no sanitizer report and no gort: line (every
+// looper got to its runtime call in time).
+void require_done_cleanly(const child_result& r) {
+  INFO(r.out);
+  REQUIRE(r.exited(0));
+  CHECK(!has(r.out, "Sanitizer"));
+  REQUIRE(has(r.out, "done "));
+  REQUIRE(!has(r.out, "gort:"));
+}
+
 // Returns once `n` more Gs have been stopped by the preemption signal.
 void await_preemptions(std::uint64_t n) {
   const std::uint64_t base = gort::rt::sched.npreempted.load();
@@ -76,11 +86,7 @@ TEST_CASE("a G stopped inside fprintf runs on out of it at shutdown: the FILE is
     std::fclose(f);
     std::printf("done %ld\n", iters);
   }, 120);
-  INFO(r.out);
-  REQUIRE(r.exited(0));
-  CHECK(!has(r.out, "Sanitizer"));  // no sanitizer report from the child
-  REQUIRE(has(r.out, "done "));
-  REQUIRE(!has(r.out, "gort:"));  // every looper got to its runtime call in time
+  require_done_cleanly(r);
 }
 
 TEST_CASE("a G stopped inside malloc runs on out of it at shutdown: run() returns", "[shutdown]") {
@@ -106,11 +112,7 @@ TEST_CASE("a G stopped inside malloc runs on out of it at shutdown: run() return
     }
     std::printf("done %ld\n", iters);
   }, 120);
-  INFO(r.out);
-  REQUIRE(r.exited(0));
-  CHECK(!has(r.out, "Sanitizer"));  // no sanitizer report from the child
-  REQUIRE(has(r.out, "done "));
-  REQUIRE(!has(r.out, "gort:"));
+  require_done_cleanly(r);
 }
 
 TEST_CASE("a G that never reaches the runtime is named and abandoned at the cut-off", "[shutdown]") {
