@@ -33,16 +33,27 @@ timed_stop stopm_until(m* mp, std::int64_t until) {
   }
   // No park.clear() here: park_idle cleared it before publishing this M as the timer sleeper,
   // and a poke that arrived since (a timer earlier than `until`) must stay set.
+  bool claimed = false;
   for (;;) {
     if (p* pp = mp->nextp_take()) {
       acquirep(mp, pp);
       return timed_stop::got_p;
     }
     if (!running()) return timed_stop::shutdown;
-    mp->park.sleep_until(until);  // woken, poked or timed out: the checks below tell which
+    // Woken, poked or timed out: the checks below tell which. Once claimed, only the P ends
+    // the wait (the claimer's wake-up follows its nextp store).
+    if (claimed) mp->park.sleep();
+    else mp->park.sleep_until(until);
     spin_guard l(sched.lock);
-    if (mp->nextp_peek()) continue;  // claimed by startm meanwhile: take the P above
-    mremove(mp);
+    if (mp->nextp_peek()) continue;  // claimed and handed a P meanwhile: take it above
+    // Taken off the idle list (mget: startm, claim_m, reroute_requests) but its P not stored
+    // yet, which its claimer does after dropping the lock: wait for it. Going on as a free M
+    // would put it on the idle list again, still claimed (and spinning, if so claimed).
+    if (!mremove(mp)) {
+      claimed = true;
+      mp->park.clear();
+      continue;
+    }
     return timed_stop::woke;
   }
 }
